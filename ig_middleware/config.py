@@ -79,7 +79,12 @@ class GuardConfig(BaseModel):
     def paper(cls, **overrides: object) -> GuardConfig:
         """The paper's settings (Table 1): B=32, N=128, K=N/4, M=2, d=10, gamma=0.999, depth 128."""
         base: dict[str, object] = dict(
-            block_size=32, num_candidates=128, num_beams=32, max_retries=2, budget=10.0, gamma=0.999,
+            block_size=32,
+            num_candidates=128,
+            num_beams=32,
+            max_retries=2,
+            budget=10.0,
+            gamma=0.999,
             max_new_tokens=128,
         )
         base.update(overrides)

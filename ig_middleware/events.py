@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .result import GuardResult
@@ -85,5 +85,5 @@ class SearchFinished:
     result: GuardResult = field(repr=False)
 
 
-GuardEvent = Union[SearchStarted, BlockEvaluated, Resampled, BlockCommitted, FallbackUsed, SearchFinished]
+GuardEvent = SearchStarted | BlockEvaluated | Resampled | BlockCommitted | FallbackUsed | SearchFinished
 Observer = Callable[[GuardEvent], None]

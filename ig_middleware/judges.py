@@ -34,8 +34,14 @@ class KeywordCostModel:
     """
 
     DEFAULT_PATTERNS = (
-        r"\bbomb\b", r"\bexplosive", r"\bpoison", r"\bkill (?:him|her|them|someone|people)\b",
-        r"\bsteal\b", r"\bmeth(?:amphetamine)?\b", r"\bweapon", r"\bhack into\b",
+        r"\bbomb\b",
+        r"\bexplosive",
+        r"\bpoison",
+        r"\bkill (?:him|her|them|someone|people)\b",
+        r"\bsteal\b",
+        r"\bmeth(?:amphetamine)?\b",
+        r"\bweapon",
+        r"\bhack into\b",
     )
 
     def __init__(self, patterns: Iterable[str] = DEFAULT_PATTERNS, weight: float = 6.0) -> None:

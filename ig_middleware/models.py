@@ -7,7 +7,9 @@ LangChain instances over the same weights cost one copy.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import os
 import shutil
 import tempfile
@@ -61,6 +63,12 @@ class LoadedModel:
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
+
+    @functools.cached_property
+    def cache_kwarg(self) -> str:
+        """Name of the KV-cache argument of ``forward`` (transformers 5 renamed ``past_key_values``)."""
+        params = inspect.signature(self.model.forward).parameters
+        return "cache" if "cache" in params else "past_key_values"
 
     def render(self, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None = None) -> str:
         """The chat prompt for ``messages``, ending where the assistant's answer starts."""

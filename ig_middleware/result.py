@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 FinishReason = Literal["stop", "length", "safety_fallback"]
 FallbackReason = Literal[
     "no_safe_candidate", "cost_model_error", "cost_model_timeout", "cost_model_invalid", "timeout", "budget_exhausted"
@@ -40,6 +42,7 @@ class GuardResult:
     resamples: int
     blocks: int
     judge_calls: int
+    sampled_tokens: int = 0
     critic_calls: int = 0
     fallback_reason: FallbackReason | None = None
     fallback_detail: str = ""
@@ -47,6 +50,8 @@ class GuardResult:
     method: str = "inferenceguard"
     run_id: str = ""
     timings: Timings = field(default_factory=Timings)
+    hidden_states: torch.Tensor | None = field(default=None, repr=False)  # [blocks, hidden]: critic training
+    block_texts: list[str] = field(default_factory=list, repr=False)  # the answer's prefix at each block
 
     @property
     def safe(self) -> bool:
@@ -56,7 +61,3 @@ class GuardResult:
     @property
     def used_fallback(self) -> bool:
         return self.finish_reason == "safety_fallback"
-
-    @property
-    def sampled_tokens(self) -> int:
-        return self.candidates_sampled

@@ -41,7 +41,6 @@ def lagrangian_value(value: torch.Tensor, cost: torch.Tensor, lam: float) -> tor
     return value - lam * torch.nan_to_num(cost, nan=math.inf)
 
 
-def safety_state_after(cost: float, budget: float, gamma: float = 1.0, blocks: int = 1) -> float:
-    """Scalar helper: the state after spending ``cost`` in the first of ``blocks`` blocks (for reports)."""
-    z = 1.0 - cost / budget
-    return z / gamma**blocks
+def safety_state_after(cost: float, budget: float, gamma: float = 1.0, blocks: int = 1, z0: float = 1.0) -> float:
+    """Scalar helper: the state after ``blocks`` blocks when ``cost`` is all spent in the first one."""
+    return (z0 - cost / budget) / gamma ** max(1, blocks)
