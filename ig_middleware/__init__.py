@@ -17,6 +17,8 @@ from .events import (
     Resampled,
     SearchFinished,
     SearchStarted,
+    event_name,
+    event_to_dict,
 )
 from .judges import CostModel, KeywordCostModel, RewardModel
 from .models import DEFAULT_MODEL, LoadedModel, load_model
@@ -44,6 +46,8 @@ __all__ = [
     "ModelLoadError",
     "Observer",
     "Resampled",
+    "event_name",
+    "event_to_dict",
     "RewardModel",
     "SearchFinished",
     "SearchStarted",

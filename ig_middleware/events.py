@@ -87,3 +87,48 @@ class SearchFinished:
 
 GuardEvent = SearchStarted | BlockEvaluated | Resampled | BlockCommitted | FallbackUsed | SearchFinished
 Observer = Callable[[GuardEvent], None]
+
+
+EVENT_NAMES: dict[type, str] = {
+    SearchStarted: "search_started",
+    BlockEvaluated: "block_evaluated",
+    Resampled: "resampled",
+    BlockCommitted: "block_committed",
+    FallbackUsed: "fallback",
+    SearchFinished: "search_finished",
+}
+
+
+def event_name(event: GuardEvent) -> str:
+    """Stable short name of an event (used for LangChain custom events: ``inferenceguard.<name>``)."""
+    return EVENT_NAMES[type(event)]
+
+
+def event_to_dict(event: GuardEvent) -> dict:
+    """A JSON-friendly view of an event (no tensors; the result is summarised)."""
+    if isinstance(event, SearchFinished):
+        r = event.result
+        return {
+            "run_id": event.run_id,
+            "finish_reason": r.finish_reason,
+            "safety_state": r.safety_state,
+            "cost": r.cost,
+            "budget": r.budget,
+            "input_tokens": r.input_tokens,
+            "output_tokens": r.output_tokens,
+            "candidates_sampled": r.candidates_sampled,
+            "sampled_tokens": r.sampled_tokens,
+            "resamples": r.resamples,
+            "blocks": r.blocks,
+            "judge_calls": r.judge_calls,
+            "critic_calls": r.critic_calls,
+            "fallback_reason": r.fallback_reason,
+            "model": r.model,
+            "method": r.method,
+            "seconds": r.timings.total_s,
+        }
+    out = {f: getattr(event, f) for f in event.__dataclass_fields__}
+    if isinstance(event, BlockEvaluated):
+        out["safety_states"], out["costs"] = list(event.safety_states), list(event.costs)
+        out["min_safety_state"], out["max_safety_state"] = event.min_safety_state, event.max_safety_state
+    return out
