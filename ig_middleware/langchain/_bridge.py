@@ -1,0 +1,242 @@
+"""Shared plumbing of the LangChain adapters: engine sharing, config overrides, and forwarding engine
+events to LangChain callbacks as custom events (``inferenceguard.<event name>``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackHandler, BaseCallbackManager, CallbackManager
+from langchain_core.runnables import ensure_config
+
+from ..config import GuardConfig
+from ..engine import GuardedEngine
+from ..events import GuardEvent, event_name, event_to_dict
+
+logger = logging.getLogger(__name__)
+
+EVENT_PREFIX = "inferenceguard."
+
+_ENGINES: dict[tuple, GuardedEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def shared_engine(
+    model: str, *, device: str = "cpu", cost_model: Any = None, reward_model: Any = None, critic: Any = None
+) -> GuardedEngine:
+    """One engine per (model, device, judges): instances over the same weights share it (and the loader
+    shares the weights themselves between engines). Nothing is loaded here."""
+    key = (model, device, id(cost_model), id(reward_model), id(critic))
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = GuardedEngine(
+                model, cost_model=cost_model, reward_model=reward_model, critic=critic, device=device
+            )
+            # keep the judges alive as long as the cache entry: their id() is part of the key
+            engine._ig_key_refs = (cost_model, reward_model, critic)  # type: ignore[attr-defined]
+            _ENGINES[key] = engine
+        return engine
+
+
+def effective_config(
+    base: GuardConfig,
+    *,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    seed: int | None = None,
+    timeout: float | None = None,
+) -> GuardConfig:
+    """The instance's GuardConfig with the LangChain-style aliases applied (aliases win when set)."""
+    updates: dict[str, Any] = {}
+    if temperature is not None:
+        updates["temperature"] = temperature
+    if max_tokens is not None:
+        updates["max_new_tokens"] = max_tokens
+    if seed is not None:
+        updates["seed"] = seed
+    if timeout is not None:
+        updates["timeout_s"] = timeout
+    if not updates:
+        return base
+    return GuardConfig.model_validate({**base.model_dump(), "fallback": base.fallback, **updates})
+
+
+_CONFIG_FIELDS = set(GuardConfig.model_fields)
+
+
+def split_call_kwargs(kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split call kwargs into GuardConfig overrides (plus aliases) and the rest."""
+    overrides: dict[str, Any] = {}
+    rest: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key in _CONFIG_FIELDS:
+            overrides[key] = value
+        elif key == "max_tokens":
+            if value is not None:
+                overrides["max_new_tokens"] = value
+        elif key == "timeout":
+            if value is not None:
+                overrides["timeout_s"] = value
+        else:
+            rest[key] = value
+    return overrides, rest
+
+
+def merge_stop(*stops: list[str] | None) -> list[str]:
+    out: list[str] = []
+    for stop in stops:
+        for s in stop or []:
+            if s and s not in out:
+                out.append(s)
+    return out
+
+
+def sync_observer(run_manager: Any) -> Callable[[GuardEvent], None] | None:
+    """An engine observer that dispatches events to the run's handlers as custom events whose run id is
+    the model run (so ``astream_events`` and handlers can attribute them)."""
+    if run_manager is None or not run_manager.handlers:
+        return None
+    manager = CallbackManager(
+        handlers=run_manager.handlers,
+        inheritable_handlers=run_manager.inheritable_handlers,
+        parent_run_id=run_manager.run_id,
+        tags=run_manager.tags,
+        inheritable_tags=run_manager.inheritable_tags,
+        metadata=run_manager.metadata,
+        inheritable_metadata=run_manager.inheritable_metadata,
+    )
+    run_id = run_manager.run_id
+
+    def observe(event: GuardEvent) -> None:
+        try:
+            manager.on_custom_event(EVENT_PREFIX + event_name(event), event_to_dict(event), run_id=run_id)
+        except Exception:  # noqa: BLE001 - callbacks never break the search
+            logger.debug("custom event dispatch failed", exc_info=True)
+
+    return observe
+
+
+def async_observer(run_manager: Any) -> Callable[[GuardEvent], None] | None:
+    """Async twin of :func:`sync_observer`: the engine calls observers from its worker thread, so the
+    async handlers are scheduled on the caller's event loop (and awaited, keeping event order)."""
+    if run_manager is None or not run_manager.handlers:
+        return None
+    manager = AsyncCallbackManager(
+        handlers=run_manager.handlers,
+        inheritable_handlers=run_manager.inheritable_handlers,
+        parent_run_id=run_manager.run_id,
+        tags=run_manager.tags,
+        inheritable_tags=run_manager.inheritable_tags,
+        metadata=run_manager.metadata,
+        inheritable_metadata=run_manager.inheritable_metadata,
+    )
+    run_id = run_manager.run_id
+    loop = asyncio.get_running_loop()
+
+    def observe(event: GuardEvent) -> None:
+        coro = manager.on_custom_event(EVENT_PREFIX + event_name(event), event_to_dict(event), run_id=run_id)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        try:
+            if running is loop:  # called on the loop itself: cannot block, schedule
+                loop.create_task(coro)
+            else:
+                asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
+        except Exception:  # noqa: BLE001 - callbacks never break the search
+            logger.debug("custom event dispatch failed", exc_info=True)
+
+    return observe
+
+
+# -- finding the model run when LangChain calls _stream without its run manager ---------------------
+# ``BaseChatModel.stream``/``astream`` and the implicit streaming of ``invoke`` call ``_stream`` without
+# ``run_manager``. The model overrides those entry points to publish the run here (a context variable),
+# so the engine's events still reach the run's handlers with the model run as their ``run_id``.
+_CURRENT_RUN: contextvars.ContextVar[Any] = contextvars.ContextVar("ig_current_run", default=None)
+
+
+class RunSlot(BaseCallbackHandler):
+    """Handler added (non-inheritably) to a streamed call: learns the model run's id and tags."""
+
+    run_inline = True
+
+    def __init__(self, manager: BaseCallbackManager) -> None:
+        super().__init__()
+        self.manager = manager
+        self.run_id: UUID | None = None
+        self.tags: list[str] = []
+        self.metadata: dict[str, Any] = {}
+
+    def _start(self, run_id: UUID, tags: Any, metadata: Any) -> None:
+        if self.run_id is None:
+            self.run_id, self.tags, self.metadata = run_id, list(tags or []), dict(metadata or {})
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._start(run_id, kwargs.get("tags"), kwargs.get("metadata"))
+
+    def on_llm_start(self, serialized: Any, prompts: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        self._start(run_id, kwargs.get("tags"), kwargs.get("metadata"))
+
+    # the interface of a run manager, as far as the observers need it
+    @property
+    def handlers(self) -> list[BaseCallbackHandler]:
+        return [h for h in self.manager.handlers if h is not self] if self.run_id is not None else []
+
+    @property
+    def inheritable_handlers(self) -> list[BaseCallbackHandler]:
+        return [h for h in self.manager.inheritable_handlers if h is not self]
+
+    @property
+    def inheritable_tags(self) -> list[str]:
+        return []
+
+    @property
+    def inheritable_metadata(self) -> dict[str, Any]:
+        return {}
+
+
+def with_run_slot(config: Any, extra_handlers: Any = None) -> tuple[dict[str, Any], RunSlot]:
+    """A copy of ``config`` whose callbacks include a :class:`RunSlot` (and the model's own callbacks)."""
+    config = ensure_config(config)
+    callbacks = config.get("callbacks")
+    if isinstance(callbacks, BaseCallbackManager):
+        manager = callbacks.copy()
+    else:
+        manager = CallbackManager(handlers=[])
+        for handler in callbacks or []:
+            manager.add_handler(handler, inherit=True)
+    slot = RunSlot(manager)
+    if isinstance(extra_handlers, list):
+        for handler in extra_handlers:
+            if handler not in manager.handlers:
+                manager.add_handler(handler, inherit=False)
+    elif isinstance(extra_handlers, BaseCallbackManager):
+        for handler in extra_handlers.handlers:
+            if handler not in manager.handlers:
+                manager.add_handler(handler, inherit=False)
+    manager.add_handler(slot, inherit=False)
+    return {**config, "callbacks": manager}, slot
+
+
+def set_current_run(run: Any) -> contextvars.Token:
+    return _CURRENT_RUN.set(run)
+
+
+def reset_current_run(token: contextvars.Token) -> None:
+    try:
+        _CURRENT_RUN.reset(token)
+    except ValueError:  # finalised in another context: nothing to restore there
+        pass
+
+
+def current_run(run_manager: Any) -> Any:
+    """The run manager to report to: the one given, else the one published for this call."""
+    return run_manager if run_manager is not None else _CURRENT_RUN.get()
