@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -91,7 +91,8 @@ class GuardedEngine:
             (loaded lazily, shared between engines).
         cost_model: the safety judge; defaults to the trained offline cost model shipped in the package.
         reward_model: the task value; defaults to the LM's mean token log-likelihood (free to compute).
-        critic: optional latent critic used by ``method="inferenceguard"`` to prune before judging.
+        critic: latent critic used by ``method="inferenceguard"`` to prune before judging; ``"auto"``
+            loads the critic shipped for this model (if any), ``None`` disables it.
         config: default :class:`GuardConfig`; per-call overrides are accepted by every method.
     """
 
@@ -101,7 +102,7 @@ class GuardedEngine:
         *,
         cost_model: CostModel | None = None,
         reward_model: RewardModel | None = None,
-        critic: Critic | None = None,
+        critic: Critic | Literal["auto"] | None = "auto",
         config: GuardConfig | None = None,
         device: str = "cpu",
         dtype: str = "float32",
@@ -141,6 +142,16 @@ class GuardedEngine:
 
     @property
     def critic(self) -> Critic | None:
+        """The latent critic; ``"auto"`` resolves (once) to the one shipped for this model, if any."""
+        if isinstance(self._critic, str):
+            with self._init_lock:
+                if isinstance(self._critic, str):
+                    try:
+                        from .critic import load_default_critic
+                    except ImportError:
+                        self._critic = None
+                    else:
+                        self._critic = load_default_critic(self.model_name)
         return self._critic
 
     def add_observer(self, observer: Observer) -> None:
