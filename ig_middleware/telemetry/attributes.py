@@ -25,6 +25,7 @@ GEN_AI_RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
 GEN_AI_INPUT_MESSAGES = "gen_ai.input.messages"  # opt-in content (JSON)
 GEN_AI_OUTPUT_MESSAGES = "gen_ai.output.messages"  # opt-in content (JSON)
 GEN_AI_AGENT_NAME = "gen_ai.agent.name"
+GEN_AI_CONVERSATION_ID = "gen_ai.conversation.id"
 GEN_AI_TOOL_NAME = "gen_ai.tool.name"
 GEN_AI_TOOL_CALL_ID = "gen_ai.tool.call.id"
 GEN_AI_TOOL_CALL_ARGUMENTS = "gen_ai.tool.call.arguments"  # opt-in content
@@ -57,6 +58,8 @@ SPAN_BLOCK = "inferenceguard.block"  # one per search block, child of the infere
 SPAN_INVOKE_AGENT = "invoke_agent {name}"
 SPAN_EXECUTE_TOOL = "execute_tool {name}"
 INSTRUMENTATION_NAME = "ig_middleware.telemetry"
+SPAN_DEMO = "inferenceguard.demo"  # root span of ig-guard demo (one guarded conversation)
+PHOENIX_PROJECT = "openinference.project.name"  # resource attribute: the Phoenix project
 
 # -- InferenceGuard attributes (inference span) -----------------------------------------------------------
 IG_RUN_ID = "inferenceguard.run_id"

@@ -240,13 +240,19 @@ def make_tracer_provider(
     service_name: str = "ig-middleware",
     exporter: Any = None,
     batch: bool = True,
+    resource_attributes: dict[str, Any] | None = None,
 ):
-    """An SDK ``TracerProvider`` exporting to OTLP ``endpoint`` (or to ``exporter``)."""
+    """An SDK ``TracerProvider`` exporting to OTLP ``endpoint`` (or to ``exporter``).
+
+    ``resource_attributes`` are added to the resource (e.g. ``{"openinference.project.name": "demo"}``
+    picks the Phoenix project).
+    """
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 
-    attrs = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
+    attrs: dict[str, Any] = {} if os.environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: service_name}
+    attrs.update(resource_attributes or {})
     provider = TracerProvider(resource=Resource.create(attrs))
     exp = exporter if exporter is not None else otlp_exporter(endpoint, protocol)
     provider.add_span_processor(BatchSpanProcessor(exp) if batch else SimpleSpanProcessor(exp))
