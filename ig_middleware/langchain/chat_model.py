@@ -61,6 +61,7 @@ class _Prepared:
 
     def __init__(
         self,
+        engine: GuardedEngine,
         prompt: str | list[dict[str, str]],
         raw: bool,
         config: GuardConfig,
@@ -69,7 +70,7 @@ class _Prepared:
         prefix: str,
         tools_active: bool,
     ) -> None:
-        self.prompt, self.raw, self.config, self.overrides = prompt, raw, config, overrides
+        self.engine, self.prompt, self.raw, self.config, self.overrides = engine, prompt, raw, config, overrides
         self.safety_state, self.prefix, self.tools_active = safety_state, prefix, tools_active
 
     def engine_kwargs(self, observer: Callable | None) -> dict[str, Any]:
@@ -141,7 +142,7 @@ class ChatInferenceGuard(BaseChatModel):
         cfg = self.config
         params = LangSmithParams(
             ls_provider="inferenceguard",
-            ls_model_name=self.model,
+            ls_model_name=kwargs.get("model") or self.model,
             ls_model_type="chat",
             ls_temperature=kwargs.get("temperature", cfg.temperature),
             ls_max_tokens=kwargs.get("max_tokens", cfg.max_new_tokens),
@@ -158,10 +159,13 @@ class ChatInferenceGuard(BaseChatModel):
     @property
     def engine(self) -> GuardedEngine:
         """The shared :class:`GuardedEngine` (no weights are loaded until the first search)."""
-        if self.engine_override is not None:
+        return self._engine_for(None)
+
+    def _engine_for(self, model: str | None) -> GuardedEngine:
+        if self.engine_override is not None and (model is None or model == self.model):
             return self.engine_override
         return shared_engine(
-            self.model,
+            model or self.model,
             device=self.device,
             cost_model=self.cost_model,
             reward_model=self.reward_model,
@@ -187,6 +191,7 @@ class ChatInferenceGuard(BaseChatModel):
         json_mode = bool(rest.pop("json_mode", False))
         json_schema = rest.pop("json_schema", None)
         safety_state = float(rest.pop("safety_state", self.safety_state))
+        engine = self._engine_for(rest.pop("model", None))
         cfg = self.config
         stops = merge_stop(cfg.stop, self.stop, stop, overrides.pop("stop", None))
 
@@ -206,11 +211,11 @@ class ChatInferenceGuard(BaseChatModel):
             prefix = "{"
         overrides["stop"] = stops
         if prefix:
-            prompt: str | list[dict[str, str]] = self.engine.lm.render(chat) + prefix
+            prompt: str | list[dict[str, str]] = engine.lm.render(chat) + prefix
             raw = True
         else:
             prompt, raw = chat, False
-        return _Prepared(prompt, raw, cfg, overrides, safety_state, prefix, render_tools)
+        return _Prepared(engine, prompt, raw, cfg, overrides, safety_state, prefix, render_tools)
 
     # -- results -> messages ---------------------------------------------------------------------
     @staticmethod
@@ -282,7 +287,7 @@ class ChatInferenceGuard(BaseChatModel):
             assert chunk is not None
             return ChatResult(generations=[_chunk_to_generation(chunk)])
         prep = self._prepare(messages, stop, kwargs)
-        result = self.engine.generate(prep.prompt, prep.config, **prep.engine_kwargs(sync_observer(run_manager)))
+        result = prep.engine.generate(prep.prompt, prep.config, **prep.engine_kwargs(sync_observer(run_manager)))
         return ChatResult(generations=[ChatGeneration(message=self._message(result, prep))])
 
     async def _agenerate(
@@ -299,7 +304,7 @@ class ChatInferenceGuard(BaseChatModel):
             assert chunk is not None
             return ChatResult(generations=[_chunk_to_generation(chunk)])
         prep = self._prepare(messages, stop, kwargs)
-        result = await self.engine.agenerate(
+        result = await prep.engine.agenerate(
             prep.prompt, prep.config, **prep.engine_kwargs(async_observer(run_manager))
         )
         return ChatResult(generations=[ChatGeneration(message=self._message(result, prep))])
@@ -315,7 +320,7 @@ class ChatInferenceGuard(BaseChatModel):
         prep = self._prepare(messages, stop, kwargs)
         splitter = _StreamSplitter(prep)
         observer = sync_observer(current_run(run_manager))
-        for piece in self.engine.stream(prep.prompt, prep.config, **prep.engine_kwargs(observer)):
+        for piece in prep.engine.stream(prep.prompt, prep.config, **prep.engine_kwargs(observer)):
             for chunk in splitter.feed(piece.text, piece.result, self):
                 if run_manager:
                     run_manager.on_llm_new_token(_chunk_text(chunk.message), chunk=chunk)
@@ -331,7 +336,7 @@ class ChatInferenceGuard(BaseChatModel):
         prep = self._prepare(messages, stop, kwargs)
         splitter = _StreamSplitter(prep)
         observer = async_observer(current_run(run_manager))
-        stream = self.engine.astream(prep.prompt, prep.config, **prep.engine_kwargs(observer))
+        stream = prep.engine.astream(prep.prompt, prep.config, **prep.engine_kwargs(observer))
         async for piece in stream:
             for chunk in splitter.feed(piece.text, piece.result, self):
                 if run_manager:

@@ -1,0 +1,68 @@
+"""LangChain's standard chat-model test suites against ChatInferenceGuard on the real default model.
+
+Tiny search settings keep the suite affordable on a CPU (N=2, K=1, B=16, at most 24 new tokens, greedy).
+Where a 135M model cannot do a task by itself the test is xfailed with the reason, and the same
+behaviour is proven with a scripted engine in tests/test_langchain_chat.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from ig_middleware import GuardConfig
+from ig_middleware.langchain import ChatInferenceGuard
+
+from conftest import TINY_CONFIG, default_test_cost_model
+
+_COST_MODEL = default_test_cost_model()  # one instance: every model the suites build shares one engine
+_SMALL = GuardConfig(**TINY_CONFIG)
+
+pytestmark = pytest.mark.real_model
+
+_TINY_MODEL = "135M-parameter model"
+
+
+class TestChatInferenceGuardUnit(ChatModelUnitTests):
+    @property
+    def chat_model_class(self) -> type[ChatInferenceGuard]:
+        return ChatInferenceGuard
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "smollm2-135m-instruct", "guard_config": _SMALL, "cost_model": _COST_MODEL}
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def init_from_env_params(self) -> tuple[dict, dict, dict]:
+        return {}, {}, {}
+
+
+class TestChatInferenceGuardIntegration(ChatModelIntegrationTests):
+    @property
+    def chat_model_class(self) -> type[ChatInferenceGuard]:
+        return ChatInferenceGuard
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"model": "smollm2-135m-instruct", "guard_config": _SMALL, "cost_model": _COST_MODEL}
+
+    @property
+    def has_tool_choice(self) -> bool:
+        return True
+
+    @property
+    def supports_json_mode(self) -> bool:
+        return True
+
+    @property
+    def returns_usage_metadata(self) -> bool:
+        return True
