@@ -8,13 +8,12 @@ behaviour is proven with a scripted engine in tests/test_langchain_chat.py.
 from __future__ import annotations
 
 import pytest
+from conftest import TINY_CONFIG, default_test_cost_model
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from ig_middleware import GuardConfig
 from ig_middleware.langchain import ChatInferenceGuard
-
-from conftest import TINY_CONFIG, default_test_cost_model
 
 _COST_MODEL = default_test_cost_model()  # one instance: every model the suites build shares one engine
 _SMALL = GuardConfig(**TINY_CONFIG)
