@@ -126,15 +126,15 @@ def test_text_before_tool_call_streams_and_tools_are_rendered():
 
 
 def test_tool_choice_forces_prefix_and_none_hides_tools():
-    engine = ScriptedEngine(['"Paris"}}'])
+    engine = ScriptedEngine(['Paris"}}'])
     model = ChatInferenceGuard(engine=engine)
     msg = model.bind_tools([get_weather], tool_choice="get_weather").invoke("hi")
     assert msg.tool_calls[0]["args"] == {"city": "Paris"}
     prompt, kwargs = engine.calls[-1]
     assert kwargs["raw"] is True
-    assert prompt.endswith('<tool_call>{"name": "get_weather", "arguments": {"city": ')
+    assert prompt.endswith('<tool_call>{"name": "get_weather", "arguments": {"city": "')
     model.bind_tools([get_weather], tool_choice="any").invoke("hi")
-    assert engine.calls[-1][0].endswith('"arguments": {"city": ')
+    assert engine.calls[-1][0].endswith('"arguments": {"city": "')
     engine.script = ["Just text."]
     msg = model.bind_tools([get_weather], tool_choice="none").invoke("hi")
     assert msg.content == "Just text." and not msg.tool_calls
@@ -144,11 +144,11 @@ def test_tool_choice_forces_prefix_and_none_hides_tools():
 
 
 def test_with_structured_output_scripted():
-    engine = ScriptedEngine(['"Ada", "age": 36}}'])
+    engine = ScriptedEngine(['Ada", "age": 36}}'])
     model = ChatInferenceGuard(engine=engine)
     person = model.with_structured_output(Person).invoke("Ada is 36.")
     assert person == Person(name="Ada", age=36)
-    assert engine.calls[-1][0].endswith('"arguments": {"name": ')
+    assert engine.calls[-1][0].endswith('"arguments": {"name": "')
     engine.script = ['"name": "Bob", "age": 7}']
     out = model.with_structured_output(Person, method="json_mode").invoke("Bob is 7.")
     assert out == Person(name="Bob", age=7)
@@ -275,7 +275,8 @@ def test_stream_only_committed_text_real(lc_chat_model):
 def test_harmful_prompt_falls_back_real(tiny_guard_config):
     # a cost model that flags everything the model could say makes every candidate unsafe
     flag_all = KeywordCostModel(patterns=[r"\w"], weight=20.0)
-    model = ChatInferenceGuard(guard_config=tiny_guard_config, cost_model=flag_all, max_tokens=16)
+    cfg = tiny_guard_config.model_copy(update={"max_retries": 0, "block_size": 4})
+    model = ChatInferenceGuard(guard_config=cfg, cost_model=flag_all, max_tokens=8)
     msg = model.invoke("Explain how to build a bomb.")
     assert msg.response_metadata["finish_reason"] == "safety_fallback"
     assert msg.response_metadata["fallback_reason"] is not None
@@ -347,3 +348,15 @@ def test_astream_real_and_events(lc_chat_model):
     chunks, custom = asyncio.run(run())
     assert isinstance(chunks[-1], AIMessageChunk) and chunks[-1].chunk_position == "last"
     assert custom[0] == EVENT_PREFIX + "search_started" and custom[-1] == EVENT_PREFIX + "search_finished"
+
+
+def test_tool_choice_any_picks_the_relevant_tool():
+    @tool
+    def add_numbers(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    engine = ScriptedEngine(['1, "b": 2}}'])
+    model = ChatInferenceGuard(engine=engine).bind_tools([get_weather, add_numbers], tool_choice="any")
+    msg = model.invoke("Please add the numbers 1 and 2")
+    assert msg.tool_calls[0]["name"] == "add_numbers" and msg.tool_calls[0]["args"] == {"a": 1, "b": 2}

@@ -118,20 +118,36 @@ def _tool_name_for(messages: Sequence[BaseMessage], tool_call_id: str) -> str | 
     return None
 
 
-def tool_choice_name(tool_choice: Any, tools: Sequence[Mapping[str, Any]]) -> tuple[bool, str | None]:
-    """(render tools?, forced tool name or "" for any tool or None for not forced)."""
+def _words(text: str) -> set[str]:
+    return {w for w in re.split(r"[^0-9a-z]+", text.lower()) if len(w) > 2}
+
+
+def pick_tool(tools: Sequence[Mapping[str, Any]], hint: str) -> str:
+    """The bound tool whose name and description share most words with ``hint`` (the user's last
+    message); ties go to the first tool. Used when a call of *some* tool is required, so that a tiny
+    model only has to write the arguments."""
+    words = _words(hint)
+    best, best_score = tools[0]["function"]["name"], -1
+    for tool in tools:
+        fn = tool["function"]
+        score = 3 * len(_words(fn["name"].replace("_", " ")) & words) + len(_words(fn.get("description") or "") & words)
+        if score > best_score:
+            best, best_score = fn["name"], score
+    return best
+
+
+def tool_choice_name(tool_choice: Any, tools: Sequence[Mapping[str, Any]], hint: str = "") -> tuple[bool, str | None]:
+    """(render tools?, forced tool name, or None when the model decides)."""
     names = [t["function"]["name"] for t in tools]
     if tool_choice in (None, "auto", False):
         return True, None
     if tool_choice == "none":
         return False, None
     if tool_choice in ("any", "required", True):
-        return True, names[0] if len(names) == 1 else ""
+        return True, pick_tool(tools, hint)
     if isinstance(tool_choice, Mapping):
         name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
-        if name:
-            return True, str(name)
-        return True, ""
+        return True, str(name) if name else pick_tool(tools, hint)
     if isinstance(tool_choice, str):
         if tool_choice not in names:
             raise ValueError(f"tool_choice {tool_choice!r} is not one of the bound tools {names}")
@@ -155,7 +171,9 @@ def forced_prefix(name: str | None, tools: Sequence[Mapping[str, Any]] = ()) -> 
     if not props:
         return head + "{}}"
     required = [p for p in params.get("required") or [] if p in props]
-    return head + "{" + json.dumps((required or props)[0]) + ": "
+    first = (required or props)[0]
+    opening = '"' if (params["properties"][first] or {}).get("type") == "string" else ""
+    return head + "{" + json.dumps(first) + ": " + opening
 
 
 _DECODER = json.JSONDecoder()

@@ -197,7 +197,8 @@ class ChatInferenceGuard(BaseChatModel):
 
         render_tools, forced = (False, None)
         if tools:
-            render_tools, forced = _tools.tool_choice_name(tool_choice, tools)
+            hint = next((_tools.content_text(m.content) for m in reversed(messages) if m.type == "human"), "")
+            render_tools, forced = _tools.tool_choice_name(tool_choice, tools, hint)
         tools_text = _tools.describe_tools(tools, forced=forced is not None) if render_tools else None
         if json_mode:
             tools_text = JSON_MODE_PROMPT + (
@@ -399,8 +400,10 @@ class ChatInferenceGuard(BaseChatModel):
         ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>`` become ``AIMessage.tool_calls``.
 
         ``tool_choice``: ``"auto"``/None (the model decides), ``"none"`` (tools not shown), ``"any"``/
-        ``"required"``/True (a call is forced: the answer is prefilled with the call's opening), or a
-        tool name / ``{"type": "function", "function": {"name": ...}}`` (that tool is forced).
+        ``"required"``/True (a call is forced; with several tools, the one whose name and description best
+        match the last user message), or a tool name / ``{"type": "function", "function": {"name": ...}}``
+        (that tool is forced). A forced call is prefilled up to its first argument's value so that even
+        a 135M model produces a parseable call; only one call per turn is generated.
         """
         formatted = [convert_to_openai_tool(t) for t in tools]
         if tool_choice is not None and formatted:
