@@ -439,3 +439,39 @@ def test_real_default_model_spans(otel):
     assert chat.name == f"chat {result.model}"
     assert chat.attributes[A.IG_SAFETY_STATE] == pytest.approx(result.safety_state)
     assert len(by_name(spans, A.SPAN_BLOCK)) == result.blocks >= 1
+
+
+# -- the package's chat model (the real dispatch contract) ----------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model_dir(tiny_lm, tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_lm.model.save_pretrained(path)
+    tiny_lm.tokenizer.save_pretrained(path)
+    return str(path)
+
+
+async def test_chat_inference_guard_spans_sync_stream_async(tiny_model_dir, otel):
+    chat_model = pytest.importorskip("ig_middleware.langchain.chat_model")
+    provider, exporter = otel
+    handler = OpenTelemetryCallbackHandler(provider)
+    model = chat_model.ChatInferenceGuard(
+        model=tiny_model_dir, cost_model=PromptCost(), guard_config=GuardConfig(**SMALL)
+    )
+    instrument(model.engine, provider)  # both paths on: still one chat span per answer
+    try:
+        cfg = {"callbacks": [handler]}
+        model.invoke("Tell me about teapots.", config=cfg)
+        list(model.stream("Tell me about teapots.", config=cfg))
+        await model.ainvoke("a harmful request", config=cfg)
+        [c async for c in model.astream("Tell me about teapots.", config=cfg)]
+    finally:
+        uninstrument(model.engine)
+    spans = exporter.get_finished_spans()
+    chats = [s for s in spans if s.name.startswith("chat ")]
+    assert len(chats) == 4, [s.name for s in spans]
+    for chat in chats:
+        assert chat.attributes[A.GEN_AI_PROVIDER_NAME] == "inferenceguard"
+        assert A.IG_SAFETY_STATE in chat.attributes and events(chat, A.EVENT_EVALUATION_RESULT)
+        assert any(b.parent.span_id == chat.context.span_id for b in by_name(spans, A.SPAN_BLOCK))
+    assert sum(1 for c in chats if c.attributes.get(A.IG_FALLBACK_REASON) == "no_safe_candidate") == 1
+    assert not any(content_keys(s) for s in spans)
