@@ -7,6 +7,8 @@ behaviour is proven with a scripted engine in tests/test_langchain_chat.py.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 from conftest import TINY_CONFIG, default_test_cost_model
 from langchain_tests.integration_tests import ChatModelIntegrationTests
@@ -15,7 +17,7 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 from ig_middleware import GuardConfig
 from ig_middleware.langchain import ChatInferenceGuard
 
-_COST_MODEL = default_test_cost_model()  # one instance: every model the suites build shares one engine
+_cost_model = functools.cache(default_test_cost_model)  # one instance: all models the suites build share an engine
 _SMALL = GuardConfig(**TINY_CONFIG)
 
 pytestmark = pytest.mark.real_model
@@ -30,7 +32,7 @@ class TestChatInferenceGuardUnit(ChatModelUnitTests):
 
     @property
     def chat_model_params(self) -> dict:
-        return {"model": "smollm2-135m-instruct", "guard_config": _SMALL, "cost_model": _COST_MODEL}
+        return {"model": "smollm2-135m-instruct", "guard_config": _SMALL, "cost_model": _cost_model()}
 
     @property
     def has_tool_choice(self) -> bool:
@@ -52,7 +54,7 @@ class TestChatInferenceGuardIntegration(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict:
-        return {"model": "smollm2-135m-instruct", "guard_config": _SMALL, "cost_model": _COST_MODEL}
+        return {"model": "smollm2-135m-instruct", "guard_config": _SMALL, "cost_model": _cost_model()}
 
     @property
     def has_tool_choice(self) -> bool:
