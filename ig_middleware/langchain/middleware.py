@@ -256,7 +256,7 @@ def _state_get(state: Any, key: str, default: Any = None) -> Any:
     return getattr(state, key, default)
 
 
-_SEGMENT_RE = re.compile(r"[^\n.!?]*(?:[.!?]+|\n|$)")
+_SEGMENT_RE = re.compile(r"[^\n]*?(?:[.!?]+(?=\s|$)|\n|$)")
 
 
 def _segments(text: str) -> list[str]:
@@ -378,7 +378,8 @@ class InferenceGuardMiddleware(AgentMiddleware):
         return 1.0 if z is None or isinstance(z, dict) else float(z)
 
     def _after(self, z: float, cost: float) -> float:
-        return safety_state_after(cost, self.config.budget, self.config.gamma, 1, z)
+        """The state after charging ``cost``; nothing charged, nothing changes (the discount applies per charge)."""
+        return safety_state_after(cost, self.config.budget, self.config.gamma, 1, z) if cost > 0 else z
 
     def _spend_update(self, cost: float) -> dict[str, float]:
         return {"cost": float(cost), "budget": self.config.budget, "gamma": self.config.gamma}
