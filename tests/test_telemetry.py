@@ -475,3 +475,19 @@ async def test_chat_inference_guard_spans_sync_stream_async(tiny_model_dir, otel
         assert any(b.parent.span_id == chat.context.span_id for b in by_name(spans, A.SPAN_BLOCK))
     assert sum(1 for c in chats if c.attributes.get(A.IG_FALLBACK_REASON) == "no_safe_candidate") == 1
     assert not any(content_keys(s) for s in spans)
+
+
+def test_run_demo(engine, monkeypatch):
+    from ig_middleware.telemetry import demo
+
+    exporter = InMemorySpanExporter()
+    real = demo.make_tracer_provider
+    monkeypatch.setattr(demo, "make_tracer_provider", lambda *a, **k: real(**{**k, "exporter": exporter}))
+    out = demo.run_demo("http://127.0.0.1:9", engine=engine, prompts=("hello", "a harmful request"))
+    assert [o["fallback_reason"] for o in out] == [None, "no_safe_candidate"]
+    spans = exporter.get_finished_spans()
+    (root,) = by_name(spans, A.SPAN_DEMO)
+    chats = by_name(spans, "chat tiny-llama")
+    assert len(chats) == 2 and all(c.parent.span_id == root.context.span_id for c in chats)
+    assert root.resource.attributes[A.PHOENIX_PROJECT] == "inferenceguard-demo"
+    assert not any(content_keys(s) for s in spans)
