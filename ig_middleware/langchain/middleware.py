@@ -563,8 +563,6 @@ class InferenceGuardMiddleware(AgentMiddleware):
             result = [m for m in result if not isinstance(m, ToolMessage)]  # structured-output tool echoes
             response = ModelResponse(result=result, structured_response=None)
         upd = self._updates(d, absolute_z=absolute)
-        if absolute is not None and spent > 0:
-            upd["ig_cost"] = spent
         return d, ExtendedModelResponse(model_response=response, command=Command(update=upd) if upd else None)
 
     def _posthoc_inputs(self, request: ModelRequest, response: ModelResponse) -> tuple[str, str] | None:
