@@ -385,22 +385,33 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     ap.add_argument("--n-per-group", type=int, default=None)
     ap.add_argument("--model", default=None, help="LM (default: the embedded SmolLM2-135M-Instruct)")
     ap.add_argument("--cost-model", choices=["default", "keyword"], default="default")
+    ap.add_argument("--cost-model-dir", default=None, help="load the embedding cost model from this folder")
     ap.add_argument("--critic", default=None, help="critic folder/file (default: the shipped one)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--num-candidates", type=int, default=None, help="N (equal for best_of_n, beam, IG)")
     ap.add_argument("--num-beams", type=int, default=None, help="K")
     ap.add_argument("--block-size", type=int, default=None, help="B")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared CPU)")
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
+    import torch
+
     from .engine import GuardedEngine
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
     from .models import DEFAULT_MODEL
 
     cost_model = None
-    if a.cost_model == "keyword":
+    if a.cost_model_dir:
+        from .cost_model import EmbeddingCostModel
+
+        cost_model = EmbeddingCostModel.load(a.cost_model_dir)
+    elif a.cost_model == "keyword":
         from .judges import KeywordCostModel
 
         cost_model = KeywordCostModel()
@@ -428,6 +439,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown_table(doc["summary"], doc["meta"]))
     print(f"wrote {Path(a.out) / 'results.json'}, results.md, safety_vs_time.png")
     return 0
+
+
+def merge_results(result_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
+    """Merge the ``results.json`` of several runs (e.g. method subsets run in parallel) into one report."""
+    docs = [json.loads((Path(d) / "results.json").read_text(encoding="utf-8")) for d in result_dirs]
+    merged = {"meta": docs[0]["meta"], "summary": {}, "answers": []}
+    merged["meta"]["merged_from"] = [str(d) for d in result_dirs]
+    for d in docs:
+        merged["summary"].update(d["summary"])
+        merged["answers"] += d["answers"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(markdown_table(merged["summary"], merged["meta"]), encoding="utf-8")
+    plot_safety_vs_time(merged["summary"], out / "safety_vs_time.png")
+    return merged
 
 
 if __name__ == "__main__":

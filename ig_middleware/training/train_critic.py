@@ -500,6 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--holdout", type=float, default=0.2, help="share of training prompts held out for metrics")
     ap.add_argument("--cost-model", choices=["default", "keyword"], default="default")
+    ap.add_argument("--cost-model-dir", default=None, help="load the embedding cost model from this folder")
     ap.add_argument("--reward-model", choices=["default", "likelihood"], default="default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--metrics-out", default=None, help="also write the metrics JSON here")
@@ -545,7 +546,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.rollouts_only:
         return 0
 
-    if a.cost_model == "default":
+    if a.cost_model_dir:
+        from ..cost_model import EmbeddingCostModel
+
+        cost_model = EmbeddingCostModel.load(a.cost_model_dir)
+    elif a.cost_model == "default":
         from ..cost_model import load_default_cost_model
 
         cost_model = load_default_cost_model()
@@ -557,7 +562,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.reward_model == "default":
         from ..reward import DefaultReward
 
-        reward_model = DefaultReward(cost_model if a.cost_model == "default" else None)
+        reward_model = DefaultReward(cost_model if hasattr(cost_model, "prompt_embeddings") else None)
     score_rollouts(rollouts, cost_model, reward_model)
 
     held = torch.tensor([_hash_split("critic:" + r["prompt"], a.holdout) == "test" for r in rollouts])
