@@ -609,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "safe_share_final_answers": float(
             sum((1.0 - float(max([0.0] + list(r["scores"]))) / a.budget) > 0 for r in rollouts) / len(rollouts)
         ),
-        "cost_model": a.cost_model,
+        "cost_model": a.cost_model_dir or a.cost_model,
         "reward_model": a.reward_model,
         "rollout_meta": meta,
         "z_samples": a.z_samples,
