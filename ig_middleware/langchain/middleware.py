@@ -187,6 +187,11 @@ class GuardMiddlewareConfig(BaseModel):
         "benign text do not add up over a long episode.",
     )
     cost_scale: float = Field(1.0, gt=0, description="Multiplier applied to the cost model's scores.")
+    score_tools_without_context: bool = Field(
+        True,
+        description="Score tool arguments and results both under the user's request and with an empty prompt, and "
+        "keep the larger cost: a judge conditioned on a benign request can under-rate harmful tool content.",
+    )
     buffer_post_hoc_stream: bool = Field(
         True, description="Post-hoc mode: run the model unstreamed/untagged for streams, emit only screened text."
     )
@@ -255,6 +260,8 @@ def _state_get(state: Any, key: str, default: Any = None) -> Any:
         return state.get(key, default)
     return getattr(state, key, default)
 
+
+_REDACTED = "[redacted by InferenceGuard]"
 
 _SEGMENT_RE = re.compile(r"[^\n]*?(?:[.!?]+(?=\s|$)|\n|$)")
 
@@ -365,6 +372,16 @@ class InferenceGuardMiddleware(AgentMiddleware):
             c = math.inf if math.isnan(c) else max(0.0, c) * self.config.cost_scale
             out.append(0.0 if c <= self.config.min_cost else c)
         return out
+
+    def _score_tool(self, prompt: str, texts: Sequence[str]) -> list[float]:
+        """Costs of tool traffic (see ``score_tools_without_context``)."""
+        texts = list(texts)
+        if not texts:
+            return []
+        if not self.config.score_tools_without_context or not prompt:
+            return self._score([prompt] * len(texts), texts)
+        both = self._score([prompt] * len(texts) + [""] * len(texts), texts + texts)
+        return [max(a, b) for a, b in zip(both[: len(texts)], both[len(texts) :], strict=True)]
 
     async def _ascore(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         if not responses:
@@ -632,7 +649,7 @@ class InferenceGuardMiddleware(AgentMiddleware):
         call = request.tool_call
         name, call_id = call.get("name", ""), call.get("id")
         z = self._z(request.state)
-        cost = self._score([_last_user_text(_state_get(request.state, "messages", []) or [])], [_call_text(call)])[0]
+        cost = self._score_tool(_last_user_text(_state_get(request.state, "messages", []) or []), [_call_text(call)])[0]
         d = _Decision()
         self._event(d, "tool_call_scored", tool=name, tool_call_id=call_id, cost=cost, safety_state=z)
         reason = "budget_exhausted" if z <= 0 else self._harmful(z, cost)
@@ -651,18 +668,15 @@ class InferenceGuardMiddleware(AgentMiddleware):
         )
         return d, Command(update={"messages": [msg], **self._updates(d)})
 
-    def _redact(self, text: str, prompt: str, z: float, force: set[int]) -> tuple[str, int]:
-        """Replace the sentences/lines of ``text`` that carry an injection (``force``) or are harmful on their own."""
-        segs = _segments(text)
-        idx = [i for i, seg in enumerate(segs) if i not in force and seg.strip()]
-        costs = self._score([prompt] * len(idx), [segs[i] for i in idx])
-        drop = set(force) | {i for i, c in zip(idx, costs, strict=True) if self._harmful(z, c)}
+    def _redact(self, segs: list[str], seg_costs: list[float], z: float, force: set[int]) -> tuple[str, int]:
+        """Replace the sentences/lines that carry an injection (``force``) or are harmful on their own."""
+        drop = set(force) | {i for i, c in enumerate(seg_costs) if self._harmful(z, c)}
         out, prev = [], False
         for i, seg in enumerate(segs):
             if i in drop:
                 if not prev:
                     lead = seg[: len(seg) - len(seg.lstrip())]
-                    out.append(lead + "[redacted by InferenceGuard]" + ("\n" if seg.endswith("\n") else ""))
+                    out.append(lead + _REDACTED + ("\n" if seg.endswith("\n") else ""))
                 prev = True
             else:
                 out.append(seg)
@@ -678,7 +692,14 @@ class InferenceGuardMiddleware(AgentMiddleware):
         policy = self._policy(name)
         text = _text(msg.content)
         hits = self._flags(text)
-        cost = self._score([prompt], [text])[0] if text else 0.0
+        # the whole result and each sentence/line: a harmful sentence diluted in a long benign page still counts
+        segs = _segments(text) if text else []
+        scored = [i for i, seg in enumerate(segs) if seg.strip()] if len(segs) > 1 else []
+        costs = self._score_tool(prompt, [text] + [segs[i] for i in scored]) if text else [0.0]
+        seg_costs = [0.0] * len(segs)
+        for i, c in zip(scored, costs[1:], strict=True):
+            seg_costs[i] = c
+        cost = max(costs)
         verdict = "prompt_injection" if hits else self._harmful(z, cost)
         reason = "harmful_content" if verdict == "harmful" else verdict
         self._event(
@@ -696,10 +717,12 @@ class InferenceGuardMiddleware(AgentMiddleware):
             d.spend = cost
             return d, msg
         if policy == "redact":
-            segs = _segments(text)
+            if len(segs) == 1:
+                seg_costs = [cost]
             force = {i for i, seg in enumerate(segs) if any(p.search(seg) for p in self._patterns)}
-            new_text, removed = self._redact(text, prompt, z, force)
-            new_cost = self._score([prompt], [new_text])[0]
+            new_text, removed = self._redact(segs, seg_costs, z, force)
+            kept = new_text.replace(_REDACTED, "")  # judge what is left, not the placeholder
+            new_cost = self._score_tool(prompt, [kept])[0] if kept.strip() else 0.0
             if not self._flags(new_text) and self._harmful(z, new_cost) is None:
                 self._event(
                     d,
