@@ -28,7 +28,15 @@ the answer that proposed them, so they are checked, not charged twice); a call w
 ``ToolMessage`` saying why. Every tool result is screened before the model sees it, with the cost model and a
 small set of prompt-injection patterns (:data:`DEFAULT_INJECTION_PATTERNS`); per tool (``tool_policies``) a
 flagged result is ``"redact"``-ed (default: offending sentences/lines are replaced), ``"block"``-ed (an error
-``ToolMessage``) or ``"allow"``-ed. What finally enters the context is charged to the episode.
+``ToolMessage``) or ``"allow"``-ed. What finally enters the context is charged to the episode. Tool traffic is
+scored as a whole and sentence by sentence (a harmful sentence diluted in a long page still counts), and both
+under the user's request and without it (``score_tools_without_context``): a learned judge conditioned on a
+benign request under-rates harmful content that a tool brought in.
+
+Costs are charged only when positive, and the discount ``gamma`` is applied per charge. Parallel tool calls of
+one step all see the state before the step and all their charges are applied (the ``ig_safety_state`` reducer).
+With a checkpointer and ``scope="thread"`` the budget spans the conversation; ``ig_events`` then grows with it
+(``record_events=False`` keeps it empty).
 
 Every decision is dispatched as a LangChain custom event ``"inferenceguard.middleware.<decision>"`` (decisions:
 ``episode_started``, ``answer_scored``, ``answer_blocked``, ``tool_call_scored``, ``tool_call_blocked``,
