@@ -48,6 +48,35 @@ class CostHead(nn.Module):
         return self.prompt(p).squeeze(-1)
 
 
+class RequestPrior(nn.Module):
+    """P(request is harmful) by nearest neighbours among exemplar requests, and P(answer complies).
+
+    The learned pair head generalises poorly to request styles it has not seen (it learned tense as a cue: the
+    shared harmful requests are mostly past/future-tense rephrasings). Similarity to known harmful vs benign
+    requests is a sturdier prior: ``sigmoid(temperature * (top-k mean sim to harmful - to benign) + bias)``.
+    ``comply`` is a logistic head on the response embedding: does the answer go along (vs. refuse)?
+    The cost model flags ``P(harmful request) * P(complies)`` as well as the pair head's verdict.
+    """
+
+    def __init__(
+        self, harmful: torch.Tensor, benign: torch.Tensor, k: int = 3, temperature: float = 20.0, bias: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.register_buffer("harmful", harmful.float())
+        self.register_buffer("benign", benign.float())
+        self.comply = nn.Linear(harmful.shape[-1], 1)
+        self.k, self.temperature, self.bias = int(k), float(temperature), float(bias)
+
+    def harm_prob(self, p: torch.Tensor) -> torch.Tensor:
+        def sim(bank: torch.Tensor) -> torch.Tensor:
+            return (p @ bank.T).topk(min(self.k, bank.shape[0]), dim=-1).values.mean(-1)
+
+        return torch.sigmoid(self.temperature * (sim(self.harmful) - sim(self.benign)) + self.bias)
+
+    def comply_prob(self, r: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.comply(r).squeeze(-1))
+
+
 class EmbeddingCostModel:
     """Cost = ``scale * P(unsafe | prompt, response-so-far)``; implements :class:`~ig_middleware.judges.CostModel`.
 
@@ -63,8 +92,10 @@ class EmbeddingCostModel:
         threshold: float = 0.5,
         prompt_cache_size: int = 256,
         config: dict[str, Any] | None = None,
+        prior: RequestPrior | None = None,
     ) -> None:
         self.head = head.eval()
+        self.prior = prior.eval() if prior is not None else None
         self.encoder = encoder if encoder is not None else get_encoder()
         self.scale = float(scale)
         self.threshold = float(threshold)
@@ -109,7 +140,10 @@ class EmbeddingCostModel:
         p = self.prompt_embeddings([prompts[i] for i in idx])
         r = self.encoder.encode([responses[i] for i in idx])
         with torch.inference_mode():
-            values = torch.sigmoid(self.head.pair_logits(p, r)).tolist()
+            pair = torch.sigmoid(self.head.pair_logits(p, r))
+            if self.prior is not None:
+                pair = torch.maximum(pair, self.prior.harm_prob(p) * self.prior.comply_prob(r))
+            values = pair.tolist()
         for i, v in zip(idx, values, strict=True):
             probs[i] = float(v)
         return probs
@@ -139,6 +173,11 @@ class EmbeddingCostModel:
         state = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
         save_file(state, str(out / "cost_model.safetensors"), metadata={"format": "pt"})
         config = {**self.config, "scale": self.scale, "threshold": self.threshold, **(extra or {})}
+        if self.prior is not None:
+            prior = {k: v.detach().contiguous().cpu() for k, v in self.prior.state_dict().items()}
+            prior["harmful"], prior["benign"] = prior["harmful"].half(), prior["benign"].half()
+            save_file(prior, str(out / "cost_model_prior.safetensors"), metadata={"format": "pt"})
+            config["prior"] = {"k": self.prior.k, "temperature": self.prior.temperature, "bias": self.prior.bias}
         (out / "cost_model.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
@@ -157,8 +196,13 @@ class EmbeddingCostModel:
             raise ModelLoadError(str(d), f"{type(exc).__name__}: {exc}") from exc
         head = CostHead(config.get("dim", 384), config.get("hidden", 256), config.get("prompt_hidden", 64))
         head.load_state_dict(state)
+        prior = None
+        if "prior" in config and (d / "cost_model_prior.safetensors").is_file():
+            pstate = load_file(str(d / "cost_model_prior.safetensors"))
+            prior = RequestPrior(pstate["harmful"], pstate["benign"], **config["prior"])
+            prior.load_state_dict({**pstate, "harmful": pstate["harmful"].float(), "benign": pstate["benign"].float()})
         kwargs = {"scale": config.get("scale", 20.0), "threshold": config.get("threshold", 0.5), **overrides}
-        return cls(head, encoder=encoder, config=config, **kwargs)
+        return cls(head, encoder=encoder, config=config, prior=prior, **kwargs)
 
 
 _DEFAULT_MODEL: EmbeddingCostModel | None = None
