@@ -51,7 +51,9 @@ class GuardConfig(BaseModel):
         True, description="Never return or stream text whose safety state is exhausted (the guarantee)."
     )
     use_critic: bool = Field(True, description="Use the latent critic (if the engine has one) to prune candidates.")
-    critic_keep: int | None = Field(None, ge=1, description="Candidates per block the judge still scores (2K).")
+    critic_keep: int | None = Field(
+        None, ge=1, description="Candidates per block the judge still scores (default 2K, or N/2 when 2K >= N)."
+    )
     stream_commit: StreamCommit = Field(
         "best", description="'best': commit the best safe beam each block; 'consensus': what all beams share."
     )

@@ -589,7 +589,9 @@ class _Run:
         p_safe, value = self.engine.critic.predict(hidden, z_parent)  # type: ignore[union-attr]
         self.critic_calls += len(cands)
         rank = torch.where(p_safe >= 0.5, value, -cfg.penalty + p_safe)
-        keep = cfg.critic_keep or 2 * cfg.num_beams
+        n_beams = cfg.num_beams
+        # 2K by default; when 2K would keep every candidate, keep half so the critic still saves judge calls
+        keep = cfg.critic_keep or (2 * n_beams if 2 * n_beams < len(cands) else max(n_beams, len(cands) // 2))
         order = rank.argsort(descending=True)[:keep].tolist()
         self.timings.critic_s += time.perf_counter() - t
         return [cands[i] for i in order], value[order].float()
