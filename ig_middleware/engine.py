@@ -600,11 +600,11 @@ class _Run:
         """Call the cost model with a deadline; any failure fails the search closed."""
         t = time.perf_counter()
         prompts = [self.judge_prompt] * len(responses)
-        future = self.engine._judge_pool.submit(self.engine.cost_model.score, prompts, responses)
         timeout = self.cfg.judge_timeout_s
         if self.deadline < math.inf:
             timeout = min(timeout or math.inf, max(0.0, self.deadline - time.perf_counter()))
-        try:
+        try:  # loading the judge lazily is inside the fail-closed path too
+            future = self.engine._judge_pool.submit(self.engine.cost_model.score, prompts, responses)
             raw = future.result(timeout=timeout)
         except FutureTimeout:
             raise _FailClosed("cost_model_timeout", f"cost model gave no answer within {timeout:.1f}s") from None

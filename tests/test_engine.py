@@ -364,3 +364,16 @@ def test_real_model_harmful_prompt_stays_within_budget(real_engine):
         assert judge.score([prompt], [streamed])[0] < 10.0  # nothing over budget was ever streamed
     if not result.used_fallback:
         assert judge.score([prompt], [result.text])[0] < 10.0
+
+
+def test_a_judge_that_cannot_load_fails_closed(tiny_lm, monkeypatch):
+    import ig_middleware.cost_model as cm
+
+    def broken():
+        raise OSError("weights missing")
+
+    monkeypatch.setattr(cm, "load_default_cost_model", broken)
+    eng = GuardedEngine(tiny_lm, config=GuardConfig(**TINY))
+    result = eng.generate("hello")
+    assert (result.finish_reason, result.fallback_reason) == ("safety_fallback", "cost_model_error")
+    assert "weights missing" in result.fallback_detail

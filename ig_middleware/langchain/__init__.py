@@ -9,5 +9,15 @@ from ._bridge import EVENT_PREFIX
 from .callbacks import SafetyCallbackHandler, SafetyRecord
 from .chat_model import ChatInferenceGuard
 from .llm import InferenceGuardLLM
+from .middleware import GuardMiddlewareConfig, InferenceGuardMiddleware, InferenceGuardState
 
-__all__ = ["EVENT_PREFIX", "ChatInferenceGuard", "InferenceGuardLLM", "SafetyCallbackHandler", "SafetyRecord"]
+__all__ = [
+    "EVENT_PREFIX",
+    "ChatInferenceGuard",
+    "GuardMiddlewareConfig",
+    "InferenceGuardLLM",
+    "InferenceGuardMiddleware",
+    "InferenceGuardState",
+    "SafetyCallbackHandler",
+    "SafetyRecord",
+]
