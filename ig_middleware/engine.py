@@ -536,10 +536,7 @@ class _Run:
         Returns the candidates eligible to be kept and the tokens seen in unsafe ones."""
         cfg = self.cfg
         t = time.perf_counter()
-        judged = cands
-        critic_value = None
-        if self.use_critic:
-            judged, critic_value = self._critic_prune(cands)
+        judged = self._critic_prune(cands) if self.use_critic else cands
         if self.judge_in_search:
             scores = self._judge([c.text for c in judged])
             prev = torch.tensor([c._parent.cost for c in judged])  # type: ignore[attr-defined]
@@ -549,7 +546,9 @@ class _Run:
         else:
             cum = torch.zeros(len(judged))
             z = torch.tensor([c._parent.z for c in judged])  # type: ignore[attr-defined]
-        value = critic_value if critic_value is not None else self._value(judged)
+        # The critic only decides who is worth judging; ranking uses the task value (reward or likelihood),
+        # which is exact for the text at hand where the critic's value head is a noisy forecast.
+        value = self._value(judged)
         if cfg.method == "inferenceguard" or cfg.safety_mode == "augmented":
             score = safety.augmented_value(value, z, cfg.penalty)
         elif cfg.safety_mode == "lagrangian":
@@ -580,7 +579,7 @@ class _Run:
         eligible = safe if cfg.method == "inferenceguard" else judged
         return eligible, unsafe_tokens
 
-    def _critic_prune(self, cands: list[_Beam]) -> tuple[list[_Beam], torch.Tensor]:
+    def _critic_prune(self, cands: list[_Beam]) -> list[_Beam]:
         """Rank candidates by the critic and keep the ``critic_keep`` best for the judge."""
         cfg = self.cfg
         t = time.perf_counter()
@@ -588,13 +587,15 @@ class _Run:
         z_parent = torch.tensor([c._parent.z for c in cands])  # type: ignore[attr-defined]
         p_safe, value = self.engine.critic.predict(hidden, z_parent)  # type: ignore[union-attr]
         self.critic_calls += len(cands)
-        rank = torch.where(p_safe >= 0.5, value, -cfg.penalty + p_safe)
+        # likely-safe first; among them the LM's likelihood (exact, free) plus the critic's value forecast
+        likelihood = torch.tensor([c.logp / max(1, len(c.tokens)) for c in cands])
+        rank = torch.where(p_safe >= 0.5, likelihood + value.float(), -cfg.penalty + p_safe)
         n_beams = cfg.num_beams
         # 2K by default; when 2K would keep every candidate, keep half so the critic still saves judge calls
         keep = cfg.critic_keep or (2 * n_beams if 2 * n_beams < len(cands) else max(n_beams, len(cands) // 2))
         order = rank.argsort(descending=True)[:keep].tolist()
         self.timings.critic_s += time.perf_counter() - t
-        return [cands[i] for i in order], value[order].float()
+        return [cands[i] for i in order]
 
     def _judge(self, responses: list[str]) -> torch.Tensor:
         """Call the cost model with a deadline; any failure fails the search closed."""
