@@ -141,8 +141,10 @@ class EmbeddingCostModel:
         r = self.encoder.encode([responses[i] for i in idx])
         with torch.inference_mode():
             pair = torch.sigmoid(self.head.pair_logits(p, r))
-            if self.prior is not None:
-                pair = torch.maximum(pair, self.prior.harm_prob(p) * self.prior.comply_prob(r))
+            if self.prior is not None:  # no request, no request prior
+                has_request = torch.tensor([bool(user_text(prompts[i]).strip()) for i in idx])
+                prior = self.prior.harm_prob(p) * self.prior.comply_prob(r) * has_request
+                pair = torch.maximum(pair, prior)
             values = pair.tolist()
         for i, v in zip(idx, values, strict=True):
             probs[i] = float(v)

@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
     ap.add_argument("-k", type=int, default=3)
     ap.add_argument("--temperature", type=float, default=20.0)
-    ap.add_argument("--bias", type=float, default=-1.0)
+    ap.add_argument("--bias", type=float, default=-3.0)
     args = ap.parse_args(argv)
 
     torch.manual_seed(0)
