@@ -27,7 +27,7 @@ _ENGINES_LOCK = threading.Lock()
 
 
 def shared_engine(
-    model: str, *, device: str = "cpu", cost_model: Any = None, reward_model: Any = None, critic: Any = None
+    model: str, *, device: str = "cpu", cost_model: Any = None, reward_model: Any = None, critic: Any = "auto"
 ) -> GuardedEngine:
     """One engine per (model, device, judges): instances over the same weights share it (and the loader
     shares the weights themselves between engines). Nothing is loaded here."""

@@ -109,7 +109,8 @@ class ChatInferenceGuard(BaseChatModel):
     cost_model: Any = Field(default=None, exclude=True)
     """Safety judge (``CostModel``); default: the trained offline cost model of the package."""
     reward_model: Any = Field(default=None, exclude=True)
-    critic: Any = Field(default=None, exclude=True)
+    critic: Any = Field(default="auto", exclude=True)
+    """Latent critic; ``"auto"`` uses the one shipped for the model (as ``GuardedEngine`` does), ``None`` none."""
     streaming: bool = False
     """``invoke`` streams internally (callbacks get ``on_llm_new_token``)."""
     stop: list[str] | None = Field(default=None, alias="stop_sequences")

@@ -37,7 +37,7 @@ class InferenceGuardLLM(BaseLLM):
     guard_config: GuardConfig = Field(default_factory=GuardConfig)
     cost_model: Any = Field(default=None, exclude=True)
     reward_model: Any = Field(default=None, exclude=True)
-    critic: Any = Field(default=None, exclude=True)
+    critic: Any = Field(default="auto", exclude=True)
     streaming: bool = False
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     temperature: float | None = None
