@@ -13,10 +13,12 @@ from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackHandler, BaseCallbackManager, CallbackManager
 from langchain_core.runnables import ensure_config
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import GuardConfig
 from ..engine import GuardedEngine
 from ..events import GuardEvent, event_name, event_to_dict
+from ..models import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -240,3 +242,59 @@ def reset_current_run(token: contextvars.Token) -> None:
 def current_run(run_manager: Any) -> Any:
     """The run manager to report to: the one given, else the one published for this call."""
     return run_manager if run_manager is not None else _CURRENT_RUN.get()
+
+
+class GuardedModelFields(BaseModel):
+    """The fields ``ChatInferenceGuard`` and ``InferenceGuardLLM`` share, with their engine and config."""
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
+
+    model: str = Field(default=DEFAULT_MODEL, alias="model_name")
+    """The embedded default (``smollm2-135m-instruct``), a local folder or a Hugging Face model id."""
+    guard_config: GuardConfig = Field(default_factory=GuardConfig)
+    """Search settings (N, K, B, budget, ...); the aliases below override their fields when set."""
+    cost_model: Any = Field(default=None, exclude=True)
+    """Safety judge (``CostModel``); default: the trained offline cost model of the package."""
+    reward_model: Any = Field(default=None, exclude=True)
+    critic: Any = Field(default="auto", exclude=True)
+    """Latent critic; ``"auto"`` uses the one shipped for the model (as ``GuardedEngine`` does), ``None`` none."""
+    streaming: bool = False
+    """``invoke`` streams internally (callbacks get ``on_llm_new_token``)."""
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    temperature: float | None = None
+    max_tokens: int | None = Field(default=None, alias="max_new_tokens")
+    seed: int | None = None
+    timeout: float | None = None
+    """Deadline of one search in seconds (on expiry the answer is the fallback)."""
+    safety_state: float = 1.0
+    """Share of the safety budget available to each call (per-call kwarg ``safety_state`` overrides)."""
+    device: str = "cpu"
+    engine_override: Any = Field(default=None, exclude=True, alias="engine")
+    """An explicit :class:`GuardedEngine` (or a stand-in with the same methods) to use instead of the shared one."""
+
+    @property
+    def engine(self) -> GuardedEngine:
+        """The shared :class:`GuardedEngine` (no weights are loaded until the first search)."""
+        return self._engine_for(None)
+
+    def _engine_for(self, model: str | None) -> GuardedEngine:
+        if self.engine_override is not None and (model is None or model == self.model):
+            return self.engine_override
+        return shared_engine(
+            model or self.model,
+            device=self.device,
+            cost_model=self.cost_model,
+            reward_model=self.reward_model,
+            critic=self.critic,
+        )
+
+    @property
+    def config(self) -> GuardConfig:
+        """The effective default GuardConfig (``guard_config`` with the aliases applied)."""
+        return effective_config(
+            self.guard_config,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            seed=self.seed,
+            timeout=self.timeout,
+        )

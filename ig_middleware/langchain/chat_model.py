@@ -24,21 +24,18 @@ from langchain_core.runnables import Runnable, RunnableConfig, RunnableMap, Runn
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import ConfigDict, Field
 
 from ..config import GuardConfig
 from ..engine import GuardedEngine
-from ..models import DEFAULT_MODEL
 from ..result import GuardResult
 from . import _tools
 from ._bridge import (
+    GuardedModelFields,
     async_observer,
     current_run,
-    effective_config,
     merge_stop,
     reset_current_run,
     set_current_run,
-    shared_engine,
     split_call_kwargs,
     sync_observer,
     with_run_slot,
@@ -82,7 +79,7 @@ class _Prepared:
         }
 
 
-class ChatInferenceGuard(BaseChatModel):
+class ChatInferenceGuard(GuardedModelFields, BaseChatModel):
     """Chat model over a local LM decoded with the InferenceGuard safe search.
 
     Example:
@@ -99,31 +96,6 @@ class ChatInferenceGuard(BaseChatModel):
     engines) over the same model. Call kwargs: ``safety_state`` and any :class:`GuardConfig` field
     (e.g. ``num_candidates=8``), plus ``max_tokens``/``timeout`` aliases.
     """
-
-    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
-
-    model: str = Field(default=DEFAULT_MODEL, alias="model_name")
-    """The embedded default (``smollm2-135m-instruct``), a local folder or a Hugging Face model id."""
-    guard_config: GuardConfig = Field(default_factory=GuardConfig)
-    """Search settings (N, K, B, budget, ...); the aliases below override their fields when set."""
-    cost_model: Any = Field(default=None, exclude=True)
-    """Safety judge (``CostModel``); default: the trained offline cost model of the package."""
-    reward_model: Any = Field(default=None, exclude=True)
-    critic: Any = Field(default="auto", exclude=True)
-    """Latent critic; ``"auto"`` uses the one shipped for the model (as ``GuardedEngine`` does), ``None`` none."""
-    streaming: bool = False
-    """``invoke`` streams internally (callbacks get ``on_llm_new_token``)."""
-    stop: list[str] | None = Field(default=None, alias="stop_sequences")
-    temperature: float | None = None
-    max_tokens: int | None = Field(default=None, alias="max_new_tokens")
-    seed: int | None = None
-    timeout: float | None = None
-    """Deadline of one search in seconds (on expiry the answer is the fallback)."""
-    safety_state: float = 1.0
-    """Share of the safety budget available to each call (per-call kwarg ``safety_state`` overrides)."""
-    device: str = "cpu"
-    engine_override: Any = Field(default=None, exclude=True, alias="engine")
-    """An explicit :class:`GuardedEngine` (or a stand-in with the same methods) to use instead of the shared one."""
 
     # -- identity --------------------------------------------------------------------------------
     @property
@@ -155,34 +127,6 @@ class ChatInferenceGuard(BaseChatModel):
     @classmethod
     def is_lc_serializable(cls) -> bool:
         return False
-
-    # -- engine ----------------------------------------------------------------------------------
-    @property
-    def engine(self) -> GuardedEngine:
-        """The shared :class:`GuardedEngine` (no weights are loaded until the first search)."""
-        return self._engine_for(None)
-
-    def _engine_for(self, model: str | None) -> GuardedEngine:
-        if self.engine_override is not None and (model is None or model == self.model):
-            return self.engine_override
-        return shared_engine(
-            model or self.model,
-            device=self.device,
-            cost_model=self.cost_model,
-            reward_model=self.reward_model,
-            critic=self.critic,
-        )
-
-    @property
-    def config(self) -> GuardConfig:
-        """The effective default GuardConfig (``guard_config`` with the aliases applied)."""
-        return effective_config(
-            self.guard_config,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            seed=self.seed,
-            timeout=self.timeout,
-        )
 
     # -- preparing a call ------------------------------------------------------------------------
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Prepared:

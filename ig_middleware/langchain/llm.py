@@ -12,16 +12,18 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseLLM
 from langchain_core.language_models.base import LangSmithParams
 from langchain_core.outputs import Generation, GenerationChunk, LLMResult
-from pydantic import ConfigDict, Field
 
-from ..config import GuardConfig
-from ..engine import GuardedEngine
-from ..models import DEFAULT_MODEL
 from ..result import GuardResult
-from ._bridge import async_observer, effective_config, merge_stop, shared_engine, split_call_kwargs, sync_observer
+from ._bridge import (
+    GuardedModelFields,
+    async_observer,
+    merge_stop,
+    split_call_kwargs,
+    sync_observer,
+)
 
 
-class InferenceGuardLLM(BaseLLM):
+class InferenceGuardLLM(GuardedModelFields, BaseLLM):
     """Guarded text completion over a local causal LM (see :class:`ChatInferenceGuard` for the fields).
 
     Example:
@@ -30,23 +32,6 @@ class InferenceGuardLLM(BaseLLM):
         llm.invoke("The three primary colours are")
         ```
     """
-
-    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True)
-
-    model: str = Field(default=DEFAULT_MODEL, alias="model_name")
-    guard_config: GuardConfig = Field(default_factory=GuardConfig)
-    cost_model: Any = Field(default=None, exclude=True)
-    reward_model: Any = Field(default=None, exclude=True)
-    critic: Any = Field(default="auto", exclude=True)
-    streaming: bool = False
-    stop: list[str] | None = Field(default=None, alias="stop_sequences")
-    temperature: float | None = None
-    max_tokens: int | None = Field(default=None, alias="max_new_tokens")
-    seed: int | None = None
-    timeout: float | None = None
-    safety_state: float = 1.0
-    device: str = "cpu"
-    engine_override: Any = Field(default=None, exclude=True, alias="engine")
 
     @property
     def _llm_type(self) -> str:
@@ -67,22 +52,6 @@ class InferenceGuardLLM(BaseLLM):
         if stops := merge_stop(self.config.stop, self.stop, stop):
             params["ls_stop"] = stops
         return params
-
-    @property
-    def engine(self) -> GuardedEngine:
-        if self.engine_override is not None:
-            return self.engine_override
-        return shared_engine(
-            self.model, device=self.device, cost_model=self.cost_model, reward_model=self.reward_model,
-            critic=self.critic,
-        )  # fmt: skip
-
-    @property
-    def config(self) -> GuardConfig:
-        return effective_config(
-            self.guard_config, temperature=self.temperature, max_tokens=self.max_tokens, seed=self.seed,
-            timeout=self.timeout,
-        )  # fmt: skip
 
     def _call_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any], observer: Any) -> dict[str, Any]:
         overrides, rest = split_call_kwargs(dict(kwargs))
