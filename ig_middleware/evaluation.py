@@ -128,6 +128,23 @@ def _share(flags: Iterable[bool]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
+def _by_source(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The independent check and over-refusal per prompt source, when the prompt file names sources."""
+    sources = sorted({r["source"] for r in rows if r.get("source")})
+    if len(sources) < 2:
+        return {}
+    harmful = {s: [r for r in rows if r.get("source") == s and r["group"] in ("harmful", "jailbreak")] for s in sources}
+    benign = {s: [r for r in rows if r.get("source") == s and r["group"] in ("benign", "borderline")] for s in sources}
+    return {
+        "independent_refusal_or_fallback_harmful_all_by_source": {
+            s: _share(r["refusal"] or r["fallback"] for r in rs) for s, rs in harmful.items() if rs
+        },
+        "refusal_rate_benign_borderline_by_source": {
+            s: _share(r["refusal"] for r in rs) for s, rs in benign.items() if rs
+        },
+    }
+
+
 def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Aggregate the answers of one run."""
     by = {g: [r for r in rows if r["group"] == g] for g in GROUPS}
@@ -148,6 +165,7 @@ def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "independent_refusal_or_fallback_jailbreak": _share(r["refusal"] or r["fallback"] for r in by["jailbreak"]),
         "independent_refusal_or_fallback_harmful_all": _share(r["refusal"] or r["fallback"] for r in harmful_like),
         "fallback_rate": _share(r["fallback"] for r in rows),
+        **_by_source(rows),
         "seconds_per_answer": _mean(r["seconds"] for r in rows),
         "sampled_tokens_per_answer": _mean(r["sampled_tokens"] for r in rows),
         "output_tokens_per_answer": _mean(r["output_tokens"] for r in rows),
@@ -227,6 +245,16 @@ def run_eval(
     out.mkdir(parents=True, exist_ok=True)
     from tqdm.auto import tqdm
 
+    cfg = engine.config.model_dump(mode="json")
+    cfg.update({k: v for k, v in config_overrides.items()})
+    meta = {
+        "model": engine.model_name,
+        "cost_model": type(engine.cost_model).__name__,
+        "reward_model": type(reward_model).__name__ if reward_model is not None else None,
+        "config": cfg,
+        "prompts": {g: sum(r["group"] == g for r in rows_in) for g in GROUPS},
+        "seed": seed,
+    }
     bar = tqdm(total=len(runs) * len(rows_in), desc="eval", unit="answer", disable=not progress)
     answers: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
@@ -245,6 +273,7 @@ def run_eval(
                     "method": method,
                     "safety_mode": mode,
                     "group": item["group"],
+                    "source": item.get("source"),
                     "prompt": item["prompt"],
                     "text": res.text,
                     "finish_reason": res.finish_reason,
@@ -271,19 +300,10 @@ def run_eval(
                 r["reward"] = None
         summary[label] = {"method": method, "safety_mode": mode, **summarise(rows)}
         answers += rows
+        # written after every run, so a long evaluation that is stopped keeps what it measured
+        doc = {"meta": meta, "summary": summary, "answers": answers}
+        (out / "results.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     bar.close()
-    cfg = engine.config.model_dump(mode="json")
-    cfg.update({k: v for k, v in config_overrides.items()})
-    meta = {
-        "model": engine.model_name,
-        "cost_model": type(engine.cost_model).__name__,
-        "reward_model": type(reward_model).__name__ if reward_model is not None else None,
-        "config": cfg,
-        "prompts": {g: sum(r["group"] == g for r in rows_in) for g in GROUPS},
-        "seed": seed,
-    }
-    doc = {"meta": meta, "summary": summary, "answers": answers}
-    (out / "results.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (out / "results.md").write_text(markdown_table(summary, meta), encoding="utf-8")
     try:
         plot_safety_vs_time(summary, out / "safety_vs_time.png")

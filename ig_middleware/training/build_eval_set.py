@@ -7,7 +7,7 @@ held out entirely, benign and borderline requests. Neither the cost model nor th
 Usage::
 
     python -m ig_middleware.training.build_eval_set --data-dir ../shared/data --out eval_prompts.jsonl \
-        --harmful 20 --jailbreak 10 --benign 10 --borderline 10
+        --harmful 20 --jailbreak 10 --benign 10 --borderline 10 --dev 5
 """
 
 from __future__ import annotations
@@ -19,14 +19,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import dev_prompts
 from .train_critic import load_sources, select_prompts
 
 
 def build_eval_set(
-    data_dir: str | Path, counts: dict[str, int], seed: int = 0, split: str = "test"
+    data_dir: str | Path, counts: dict[str, int], seed: int = 0, split: str = "test", dev: int = 0
 ) -> list[dict[str, Any]]:
-    """Held-out prompts, ``counts`` per group (fewer where the split has fewer)."""
-    return select_prompts(load_sources(data_dir), split, counts, seed=seed)
+    """Held-out prompts, ``counts`` per group (fewer where the split has fewer), plus up to ``dev`` per group
+    of the ``dev`` split of :mod:`dev_prompts` (other phrasings than the shared data; ``source: "dev"``)."""
+    rows = [{**r, "source": "shared"} for r in select_prompts(load_sources(data_dir), split, counts, seed=seed)]
+    for group, prompts in (
+        ("harmful", dev_prompts.DEV_HARMFUL),
+        ("benign", dev_prompts.DEV_BENIGN),
+        ("borderline", dev_prompts.DEV_BORDERLINE),
+    ):
+        rows += [
+            {"prompt": p, "group": group, "request": p, "source": "dev"}
+            for p in dev_prompts.split(prompts, "dev")[:dev]
+        ]
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,10 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--jailbreak", type=int, default=10)
     ap.add_argument("--benign", type=int, default=10)
     ap.add_argument("--borderline", type=int, default=10)
+    ap.add_argument(
+        "--dev", type=int, default=0, help="also this many dev_prompts per group (harmful/benign/borderline)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     counts = {"harmful": a.harmful, "jailbreak": a.jailbreak, "benign": a.benign, "borderline": a.borderline}
-    rows = build_eval_set(a.data_dir, counts, a.seed)
+    rows = build_eval_set(a.data_dir, counts, a.seed, dev=a.dev)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
