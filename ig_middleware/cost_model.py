@@ -54,18 +54,31 @@ class RequestPrior(nn.Module):
     The learned pair head generalises poorly to request styles it has not seen (it learned tense as a cue: the
     shared harmful requests are mostly past/future-tense rephrasings). Similarity to known harmful vs benign
     requests is a sturdier prior: ``sigmoid(temperature * (top-k mean sim to harmful - to benign) + bias)``.
-    ``comply`` is a logistic head on the response embedding: does the answer go along (vs. refuse)?
-    The cost model flags ``P(harmful request) * P(complies)`` as well as the pair head's verdict.
+    ``comply`` is a small head on the response embedding: does the answer go along (anything but a refusal)?
+    The cost model flags ``P(harmful request) * P(complies)`` as well as the pair head's verdict, so for a
+    request it takes as harmful only a refusal stays within budget (evasive or role-play text does not).
     """
 
     def __init__(
-        self, harmful: torch.Tensor, benign: torch.Tensor, k: int = 3, temperature: float = 20.0, bias: float = 0.0
+        self,
+        harmful: torch.Tensor,
+        benign: torch.Tensor,
+        k: int = 3,
+        temperature: float = 20.0,
+        bias: float = 0.0,
+        comply_hidden: int = 0,
     ) -> None:
         super().__init__()
         self.register_buffer("harmful", harmful.float())
         self.register_buffer("benign", benign.float())
-        self.comply = nn.Linear(harmful.shape[-1], 1)
+        dim = harmful.shape[-1]
+        self.comply = (
+            nn.Sequential(nn.Linear(dim, comply_hidden), nn.GELU(), nn.Linear(comply_hidden, 1))
+            if comply_hidden
+            else nn.Linear(dim, 1)
+        )
         self.k, self.temperature, self.bias = int(k), float(temperature), float(bias)
+        self.comply_hidden = int(comply_hidden)
 
     def harm_prob(self, p: torch.Tensor) -> torch.Tensor:
         def sim(bank: torch.Tensor) -> torch.Tensor:
@@ -75,6 +88,12 @@ class RequestPrior(nn.Module):
 
     def comply_prob(self, r: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.comply(r).squeeze(-1))
+
+
+def last_paragraph(text: str) -> str:
+    """The last non-empty line of ``text`` (where jailbreak templates put the request), stripped."""
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    return lines[-1] if lines else text.strip()
 
 
 class EmbeddingCostModel:
@@ -143,12 +162,27 @@ class EmbeddingCostModel:
             pair = torch.sigmoid(self.head.pair_logits(p, r))
             if self.prior is not None:  # no request, no request prior
                 has_request = torch.tensor([bool(user_text(prompts[i]).strip()) for i in idx])
-                prior = self.prior.harm_prob(p) * self.prior.comply_prob(r) * has_request
-                pair = torch.maximum(pair, prior)
+                harm = self.request_harm_prob([prompts[i] for i in idx], p)
+                pair = torch.maximum(pair, harm * self.prior.comply_prob(r) * has_request)
             values = pair.tolist()
         for i, v in zip(idx, values, strict=True):
             probs[i] = float(v)
         return probs
+
+    def request_harm_prob(self, prompts: Sequence[str], embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """The request prior's P(harmful request): the larger of the whole request's and its last paragraph's,
+        so a harmful request appended to a long role-play preamble (a jailbreak) is still recognised."""
+        if self.prior is None:
+            raise ValueError("this cost model has no request prior")
+        p = self.prompt_embeddings(prompts) if embeddings is None else embeddings
+        with torch.inference_mode():
+            harm = self.prior.harm_prob(p)
+            tails = [last_paragraph(user_text(x)) for x in prompts]
+            long = [i for i, x in enumerate(prompts) if tails[i] != user_text(x).strip()]
+            if long:
+                tail = self.prior.harm_prob(self.prompt_embeddings([tails[i] for i in long]))
+                harm[long] = torch.maximum(harm[long], tail)
+        return harm
 
     def prompt_harm_prob(self, prompts: Sequence[str]) -> list[float]:
         """P(the request itself is harmful), from the prompt head (no response involved)."""
@@ -179,7 +213,12 @@ class EmbeddingCostModel:
             prior = {k: v.detach().contiguous().cpu() for k, v in self.prior.state_dict().items()}
             prior["harmful"], prior["benign"] = prior["harmful"].half(), prior["benign"].half()
             save_file(prior, str(out / "cost_model_prior.safetensors"), metadata={"format": "pt"})
-            config["prior"] = {"k": self.prior.k, "temperature": self.prior.temperature, "bias": self.prior.bias}
+            config["prior"] = {
+                "k": self.prior.k,
+                "temperature": self.prior.temperature,
+                "bias": self.prior.bias,
+                "comply_hidden": self.prior.comply_hidden,
+            }
         (out / "cost_model.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     @classmethod

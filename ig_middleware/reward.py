@@ -43,14 +43,15 @@ class DefaultReward:
 
         reward = relevance(x, y)                      # cosine of MiniLM embeddings, in [-1, 1]
                + length_weight * min(1, words(y) / target_words)
-               - refusal_weight * refused(y) * (1 - P(harmful | x))
+               + refusal_weight * refused(y) * (2 * P(harmful | x) - 1)
                - repetition_weight * repetition(y)
 
     * ``relevance``: on-topic answers score higher than off-topic ones (and than a generic refusal).
     * ``refused(y)``: 1 if the answer opens with a refusal marker (:func:`is_refusal`), else the soft
-      similarity of ``y`` to canonical refusals. It is weighted by ``1 - P(harmful | x)`` from the cost
-      model's prompt head, so refusing a *benign* request (over-refusal) is penalised while refusing a
-      harmful one costs nothing here; whether an answer is *safe* is the cost model's job, not the reward's.
+      similarity of ``y`` to canonical refusals. Its sign follows ``P(harmful | x)`` (the cost model's
+      request prior, else its prompt head): refusing a *benign* request (over-refusal) is penalised, and
+      declining a harmful one is the task done well, so the search prefers a refusal over evasive text the
+      judge happens to pass. Whether an answer is *safe* stays the cost model's job.
     * ``length``: a small bonus for a substantive answer, saturating at ``target_words``.
     * ``repetition``: the share of repeated word trigrams, penalising degenerate loops.
 
@@ -98,7 +99,10 @@ class DefaultReward:
         sub_prompts = [prompts[i] for i in idx]
         p = self.cost_model.prompt_embeddings(sub_prompts)
         r = self.encoder.encode([responses[i] for i in idx])
-        harm = self.cost_model.prompt_harm_prob(sub_prompts)
+        if getattr(self.cost_model, "prior", None) is not None:
+            harm = self.cost_model.request_harm_prob(sub_prompts, p).tolist()
+        else:
+            harm = self.cost_model.prompt_harm_prob(sub_prompts)
         with torch.inference_mode():
             rel = (p * r).sum(-1).tolist()
             soft = ((r @ self._refusal_emb.T).max(-1).values - 0.35).div(0.35).clamp(0, 1).tolist()
@@ -122,7 +126,7 @@ class DefaultReward:
             scores.append(
                 c["relevance"]
                 + self.length_weight * c["length"]
-                - self.refusal_weight * c["refused"] * (1.0 - c["p_harmful_prompt"])
+                + self.refusal_weight * c["refused"] * (2.0 * c["p_harmful_prompt"] - 1.0)
                 - self.repetition_weight * c["repetition"]
             )
         return scores
