@@ -20,7 +20,7 @@ from torch import nn
 from ..reward import is_refusal
 from . import build_cost_data as bcd
 from . import dev_prompts
-from .extra_prompts import EXTRA_BENIGN, EXTRA_BORDERLINE, EXTRA_HARMFUL
+from .extra_prompts import EXTRA_BENIGN, EXTRA_BENIGN_TOPICS, EXTRA_BORDERLINE, EXTRA_HARMFUL
 
 
 def exemplar_requests(data_dir: str | Path) -> tuple[list[str], list[str]]:
@@ -33,7 +33,7 @@ def exemplar_requests(data_dir: str | Path) -> tuple[list[str], list[str]]:
     benign += dev_prompts.split(dev_prompts.DEV_BENIGN, "train") + dev_prompts.split(
         dev_prompts.DEV_BORDERLINE, "train"
     )
-    return harmful, benign + list(EXTRA_BENIGN) + list(EXTRA_BORDERLINE)
+    return harmful, benign + list(EXTRA_BENIGN) + list(EXTRA_BENIGN_TOPICS) + list(EXTRA_BORDERLINE)
 
 
 def plan_mining(
