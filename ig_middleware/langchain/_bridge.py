@@ -99,12 +99,9 @@ def merge_stop(*stops: list[str] | None) -> list[str]:
     return out
 
 
-def sync_observer(run_manager: Any) -> Callable[[GuardEvent], None] | None:
-    """An engine observer that dispatches events to the run's handlers as custom events whose run id is
-    the model run (so ``astream_events`` and handlers can attribute them)."""
-    if run_manager is None or not run_manager.handlers:
-        return None
-    manager = CallbackManager(
+def _child_manager(cls: type, run_manager: Any) -> Any:
+    """A callback manager of ``cls`` with the run's handlers, tags and metadata, parented to the model run."""
+    return cls(
         handlers=run_manager.handlers,
         inheritable_handlers=run_manager.inheritable_handlers,
         parent_run_id=run_manager.run_id,
@@ -113,6 +110,14 @@ def sync_observer(run_manager: Any) -> Callable[[GuardEvent], None] | None:
         metadata=run_manager.metadata,
         inheritable_metadata=run_manager.inheritable_metadata,
     )
+
+
+def sync_observer(run_manager: Any) -> Callable[[GuardEvent], None] | None:
+    """An engine observer that dispatches events to the run's handlers as custom events whose run id is
+    the model run (so ``astream_events`` and handlers can attribute them)."""
+    if run_manager is None or not run_manager.handlers:
+        return None
+    manager = _child_manager(CallbackManager, run_manager)
     run_id = run_manager.run_id
 
     def observe(event: GuardEvent) -> None:
@@ -129,15 +134,7 @@ def async_observer(run_manager: Any) -> Callable[[GuardEvent], None] | None:
     async handlers are scheduled on the caller's event loop (and awaited, keeping event order)."""
     if run_manager is None or not run_manager.handlers:
         return None
-    manager = AsyncCallbackManager(
-        handlers=run_manager.handlers,
-        inheritable_handlers=run_manager.inheritable_handlers,
-        parent_run_id=run_manager.run_id,
-        tags=run_manager.tags,
-        inheritable_tags=run_manager.inheritable_tags,
-        metadata=run_manager.metadata,
-        inheritable_metadata=run_manager.inheritable_metadata,
-    )
+    manager = _child_manager(AsyncCallbackManager, run_manager)
     run_id = run_manager.run_id
     loop = asyncio.get_running_loop()
 
