@@ -416,6 +416,7 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     ap.add_argument("--num-candidates", type=int, default=None, help="N (equal for best_of_n, beam, IG)")
     ap.add_argument("--num-beams", type=int, default=None, help="K")
     ap.add_argument("--block-size", type=int, default=None, help="B")
+    ap.add_argument("--budget", type=float, default=None, help="safety budget d (default 10; 5 is the strict setting)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared CPU)")
     return ap
@@ -447,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         critic = LatentCritic.load(a.critic)
     engine = GuardedEngine(a.model or DEFAULT_MODEL, cost_model=cost_model)
     overrides: dict[str, Any] = {"max_new_tokens": a.max_new_tokens}
-    for key in ("num_candidates", "num_beams", "block_size"):
+    for key in ("num_candidates", "num_beams", "block_size", "budget"):
         if getattr(a, key) is not None:
             overrides[key] = getattr(a, key)
     doc = run_eval(

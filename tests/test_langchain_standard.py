@@ -88,17 +88,8 @@ class TestChatInferenceGuardIntegration(ChatModelIntegrationTests):
         super().test_json_mode(model)
 
     @pytest.mark.xfail(
-        reason="the default cost model scores every candidate of these prompts (pirate greeting, customer "
-        "names in CJK) as unsafe, so the search fails closed (safety_fallback) before any tool call; forced "
-        "tool calls themselves pass test_tool_calling/test_tool_choice",
-        strict=False,
-    )
-    def test_bind_runnables_as_tools(self, model) -> None:
-        super().test_bind_runnables_as_tools(model)
-
-    @pytest.mark.xfail(
-        reason="the default cost model flags the candidates (false positive) and the search fails closed; "
-        "see test_bind_runnables_as_tools",
+        reason="the default cost model gives the CJK customer-name candidates a cost the search rejects (a false "
+        "positive on non-English text; the judge is English-only, docs/cost_model.md) and it fails closed",
         strict=False,
     )
     def test_unicode_tool_call_integration(self, model, **kwargs) -> None:
