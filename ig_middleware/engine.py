@@ -241,6 +241,15 @@ class GuardedEngine:
         prompt_ids = lm.encode(prompt_text)
         if not prompt_ids:
             raise InvalidInputError("prompt", "renders to no tokens")
+        context = lm.context_length
+        if context is not None and len(prompt_ids) + cfg.max_new_tokens > context:
+            # past the context the model samples garbage: say so instead (nothing is truncated silently)
+            raise InvalidInputError(
+                "prompt",
+                f"{len(prompt_ids)} prompt tokens + max_new_tokens {cfg.max_new_tokens} exceed the model's context of "
+                f"{context} tokens; shorten the prompt (e.g. keep the system message and the latest turns) or lower "
+                "max_new_tokens",
+            )
         sinks = [*self.observers, *observers]
         run = _Run(
             engine=self,

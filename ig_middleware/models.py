@@ -61,6 +61,15 @@ class LoadedModel:
         return sorted(ids)
 
     @property
+    def context_length(self) -> int | None:
+        """Tokens the model attends over (prompt + answer), from its config; ``None`` if it does not say."""
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            value = getattr(self.model.config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    @property
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
 
@@ -87,14 +96,19 @@ class LoadedModel:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
 
+ROLES = ("system", "user", "assistant", "tool")
+
+
 def validate_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
-    """Check chat messages (role + string content) and return them as plain dicts."""
+    """Check chat messages (a known role + string content) and return them as plain dicts."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise InvalidInputError("messages", "expected a non-empty list of {'role', 'content'} mappings")
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
             raise InvalidInputError(f"messages[{i}]", "each message needs 'role' and 'content'")
+        if m["role"] not in ROLES:
+            raise InvalidInputError(f"messages[{i}].role", f"unknown role {m['role']!r}; allowed: {', '.join(ROLES)}")
         if not isinstance(m["content"], str):
             raise InvalidInputError(f"messages[{i}].content", f"must be a string, got {type(m['content']).__name__}")
         out.append({"role": str(m["role"]), "content": m["content"]})

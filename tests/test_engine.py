@@ -154,6 +154,12 @@ def test_bad_overrides_and_inputs_are_typed_errors(tiny_lm):
     with pytest.raises(InvalidInputError) as err:
         eng.generate([{"role": "user"}])
     assert err.value.field == "messages[0]"
+    with pytest.raises(InvalidInputError) as err:
+        eng.generate([{"role": "user", "content": "hi"}, {"role": "wizard", "content": "abracadabra"}])
+    assert err.value.field == "messages[1].role" and "allowed: system, user, assistant, tool" in str(err.value)
+    with pytest.raises(InvalidInputError) as err:
+        eng.generate("word " * 2000)  # the tiny model's context is 512 tokens
+    assert err.value.field == "prompt" and "exceed the model's context of 512 tokens" in str(err.value)
     with pytest.raises(InvalidInputError):
         eng.generate("   ")
     with pytest.raises(InvalidInputError, match="safety_state"):
