@@ -88,6 +88,28 @@ def test_history_with_tool_calls_renders():
     assert chat[3] == {"role": "user", "content": "Tool result (get_weather): Sunny"}
 
 
+def test_unknown_roles_and_media_blocks_are_clear_errors_not_answers():
+    from langchain_core.messages import ChatMessage
+
+    from ig_middleware import InvalidInputError
+
+    model = scripted("hello")
+    with pytest.raises(InvalidInputError) as err:
+        model.invoke([HumanMessage("hi"), ChatMessage(role="wizard", content="abracadabra")])
+    assert err.value.field == "messages[1].role" and "allowed: system, user, assistant, tool" in str(err.value)
+    picture = [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image", "url": "https://x.example/a.png"},
+    ]
+    with pytest.raises(InvalidInputError) as err:
+        model.invoke([HumanMessage(content=picture)])
+    assert err.value.field == "messages[0].content[1]" and "text-only" in str(err.value)
+    assert model.engine.calls == []  # nothing was generated for either
+    dropping = scripted("I can't see images.", drop_non_text_content=True)
+    assert dropping.invoke([HumanMessage(content=picture)]).content == "I can't see images."
+    assert dropping.engine.calls[0][0][-1]["content"] == "What is in this picture?"
+
+
 def test_parse_tool_calls_valid_invalid_and_unclosed():
     content, calls, bad = parse_tool_calls('Sure. <tool_call>{"name": "f", "arguments": {"x": 1}}</tool_call>')
     assert content == "Sure." and calls[0]["name"] == "f" and calls[0]["args"] == {"x": 1} and not bad

@@ -266,6 +266,9 @@ class GuardedModelFields(BaseModel):
     safety_state: float = 1.0
     """Share of the safety budget available to each call (per-call kwarg ``safety_state`` overrides)."""
     device: str = "cpu"
+    drop_non_text_content: bool = False
+    """The model reads text only: image/audio/video/file content blocks raise ``InvalidInputError`` unless this is
+    set, which drops them (the answer is then given as if they were absent)."""
     engine_override: Any = Field(default=None, exclude=True, alias="engine")
     """An explicit :class:`GuardedEngine` (or a stand-in with the same methods) to use instead of the shared one."""
 

@@ -19,6 +19,9 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
+from ..errors import InvalidInputError
+from ..models import ROLES
+
 TOOL_OPEN = "<tool_call>"
 TOOL_CLOSE = "</tool_call>"
 
@@ -31,21 +34,28 @@ TOOLS_HEADER = (
 FORCED_HEADER = "You must answer by calling one of the tools below.\n"
 
 
-def content_text(content: str | list[Any]) -> str:
-    """Plain text of a message content (text blocks joined; non-text blocks are skipped)."""
+MEDIA_BLOCKS = ("image", "image_url", "audio", "input_audio", "video", "file")
+
+
+def content_text(content: str | list[Any], drop_media: bool = True, field: str = "content") -> str:
+    """Plain text of a message content: text blocks joined; refusal and tool-use blocks skipped. Image, audio,
+    video and file blocks are skipped when ``drop_media``, else an :class:`InvalidInputError` on ``field``
+    (the model is text-only: answering as if they were absent would be silently wrong)."""
     if isinstance(content, str):
         return content
     parts: list[str] = []
-    for block in content:
+    for j, block in enumerate(content):
         if isinstance(block, str):
             parts.append(block)
         elif isinstance(block, Mapping):
-            if block.get("type") == "text" and isinstance(block.get("text"), str):
+            kind = block.get("type")
+            if kind == "text" and isinstance(block.get("text"), str):
                 parts.append(block["text"])
-            elif block.get("type") == "refusal" and isinstance(block.get("refusal"), str):
-                continue
-            elif block.get("type") == "tool_use":
-                continue
+            elif kind in MEDIA_BLOCKS and not drop_media:
+                raise InvalidInputError(
+                    f"{field}[{j}]",
+                    f"a {kind!r} block, but the model is text-only; pass drop_non_text_content=True to drop such blocks",
+                )
     return "".join(parts)
 
 
@@ -66,15 +76,19 @@ def describe_tools(tools: Sequence[Mapping[str, Any]], forced: bool = False) -> 
     return "\n".join(lines)
 
 
-def to_chat_messages(messages: Sequence[BaseMessage], tools_text: str | None = None) -> list[dict[str, str]]:
+def to_chat_messages(
+    messages: Sequence[BaseMessage], tools_text: str | None = None, drop_media: bool = False
+) -> list[dict[str, str]]:
     """LangChain messages -> ``{"role", "content"}`` turns the chat template renders.
 
     AI turns with tool calls are re-serialised as ``<tool_call>...</tool_call>`` lines; tool results
     become user turns ``Tool result (name): ...`` (the default template has no tool role the model knows).
+    Media blocks raise unless ``drop_media`` (:func:`content_text`); a ``ChatMessage`` role must be one of
+    :data:`ig_middleware.models.ROLES`.
     """
     out: list[dict[str, str]] = []
-    for msg in messages:
-        text = content_text(msg.content)
+    for i, msg in enumerate(messages):
+        text = content_text(msg.content, drop_media, f"messages[{i}].content")
         if isinstance(msg, SystemMessage):
             out.append({"role": "system", "content": text})
         elif isinstance(msg, HumanMessage):
@@ -97,6 +111,10 @@ def to_chat_messages(messages: Sequence[BaseMessage], tools_text: str | None = N
         elif isinstance(msg, FunctionMessage):
             out.append({"role": "user", "content": f"Tool result ({msg.name}): {text}"})
         elif isinstance(msg, ChatMessage):
+            if msg.role not in ROLES:
+                raise InvalidInputError(
+                    f"messages[{i}].role", f"unknown role {msg.role!r}; allowed: {', '.join(ROLES)}"
+                )
             out.append({"role": msg.role, "content": text})
         else:
             out.append({"role": "user", "content": text})

@@ -151,7 +151,7 @@ class ChatInferenceGuard(GuardedModelFields, BaseChatModel):
             )
         if render_tools:
             stops = merge_stop(stops, [_tools.TOOL_CLOSE])
-        chat = _tools.to_chat_messages(messages, tools_text)
+        chat = _tools.to_chat_messages(messages, tools_text, drop_media=self.drop_non_text_content)
         prefix = _tools.forced_prefix(forced, tools) if render_tools else ""
         if json_mode:
             prefix = "{"
