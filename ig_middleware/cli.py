@@ -134,7 +134,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # Subcommands whose options are parsed by their own module's ``main(argv)``.
 DELEGATED = {
-    "train-cost-model": "ig_middleware.training.train_cost_model",
+    "train-cost-model": "ig_middleware.training.train_judge",
     "train-critic": "ig_middleware.training.train_critic",
     "eval": "ig_middleware.evaluation",
 }

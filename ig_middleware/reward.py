@@ -1,17 +1,20 @@
 """The default offline reward (task value): relevance, minus refusing benign requests, minus degeneration.
 
-:class:`DefaultReward` scores (prompt, response-so-far) pairs with no network and no extra model, reusing
-the MiniLM encoder and the prompt head of the default cost model (:mod:`ig_middleware.cost_model`).
+:class:`DefaultReward` scores (prompt, response-so-far) pairs with no network and no extra model: the shared
+MiniLM encoder (:mod:`ig_middleware.encoder`) for relevance, and the default judge's request reading
+(:meth:`ig_middleware.cost_model.MiniLMCostModel.request_harm_prob`) to tell benign requests from harmful ones.
 """
 
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 
-from .encoder import MiniLMEncoder, user_text
+from .encoder import MiniLMEncoder, get_encoder, user_text
 
 _REFUSAL_RE = re.compile(
     r"\b(I(?:'m| am) sorry|I apologi[sz]e|I (?:can(?:'|no)t|cannot|won't|will not|am unable to|'m unable to|"
@@ -48,14 +51,16 @@ class DefaultReward:
 
     * ``relevance``: on-topic answers score higher than off-topic ones (and than a generic refusal).
     * ``refused(y)``: 1 if the answer opens with a refusal marker (:func:`is_refusal`), else the soft
-      similarity of ``y`` to canonical refusals. Its sign follows ``P(harmful | x)`` (the cost model's
-      request prior, else its prompt head): refusing a *benign* request (over-refusal) is penalised, and
+      similarity of ``y`` to canonical refusals. Its sign follows ``P(harmful | x)`` (the judge's request
+      head): refusing a *benign* request (over-refusal) is penalised, and
       declining a harmful one is the task done well, so the search prefers a refusal over evasive text the
       judge happens to pass. Whether an answer is *safe* stays the cost model's job.
     * ``length``: a small bonus for a substantive answer, saturating at ``target_words``.
     * ``repetition``: the share of repeated word trigrams, penalising degenerate loops.
 
-    An empty response scores 0. Prompt embeddings are cached by the shared cost model.
+    An empty response scores 0. ``cost_model`` is anything with ``request_harm_prob(prompts)`` (default: the
+    shipped judge, which caches it per request); prompt embeddings are cached here (the same prompt is scored at
+    every block).
     """
 
     CANONICAL_REFUSALS = (
@@ -77,13 +82,30 @@ class DefaultReward:
             from .cost_model import load_default_cost_model
 
             cost_model = load_default_cost_model()
+        if not callable(getattr(cost_model, "request_harm_prob", None)):
+            raise TypeError("DefaultReward needs a cost model with request_harm_prob(prompts), e.g. the default one")
         self.cost_model = cost_model
-        self.encoder = encoder if encoder is not None else cost_model.encoder
+        self.encoder = encoder if encoder is not None else get_encoder()
+        self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
         self.refusal_weight = float(refusal_weight)
         self.length_weight = float(length_weight)
         self.target_words = int(target_words)
         self.repetition_weight = float(repetition_weight)
         self._refusal_emb = self.encoder.encode(list(self.CANONICAL_REFUSALS))
+
+    def _prompt_embeddings(self, prompts: Sequence[str], cache_size: int = 256) -> torch.Tensor:
+        texts = [user_text(p) for p in prompts]
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._prompt_cache))
+            fresh = dict(zip(missing, self.encoder.encode(missing), strict=True)) if missing else {}
+            out = torch.stack([fresh[t] if t in fresh else self._prompt_cache[t] for t in texts])
+            for t in dict.fromkeys(texts):
+                self._prompt_cache[t] = fresh.get(t, self._prompt_cache.get(t))
+                self._prompt_cache.move_to_end(t)
+            while len(self._prompt_cache) > cache_size:
+                self._prompt_cache.popitem(last=False)
+        return out
 
     def components(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict[str, float]]:
         """The terms of the reward for each pair (for reports and debugging)."""
@@ -97,12 +119,9 @@ class DefaultReward:
         if not idx:
             return out
         sub_prompts = [prompts[i] for i in idx]
-        p = self.cost_model.prompt_embeddings(sub_prompts)
+        p = self._prompt_embeddings(sub_prompts)
         r = self.encoder.encode([responses[i] for i in idx])
-        if getattr(self.cost_model, "prior", None) is not None:
-            harm = self.cost_model.request_harm_prob(sub_prompts, p).tolist()
-        else:
-            harm = self.cost_model.prompt_harm_prob(sub_prompts)
+        harm = list(self.cost_model.request_harm_prob(sub_prompts))
         with torch.inference_mode():
             rel = (p * r).sum(-1).tolist()
             soft = ((r @ self._refusal_emb.T).max(-1).values - 0.35).div(0.35).clamp(0, 1).tolist()

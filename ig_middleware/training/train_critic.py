@@ -4,7 +4,7 @@ As in the paper (arXiv 2502.01208, Sec. 4 and Table 3), the critic is fitted to 
 training prompts, labelled by the cost model (safety) and the reward model (task value):
 
 1. **Rollouts.** For each training prompt (harmful, jailbreak-wrapped harmful, benign, borderline; the
-   training side of the cost model's split, :func:`ig_middleware.training.build_cost_data.split_of`), sample
+   training side of the judge's split, :func:`ig_middleware.training.judge_data.split_of`), sample
    ``--rollouts`` answers with the engine's sampler (temperature 0.8, top-p 0.95 inside the top 256) and keep
    the last-layer hidden state of the last token at every block boundary, exactly where the engine reads it
    for the critic. Prompts are batched (left padding with explicit position ids; the rollouts of one prompt
@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 from .. import safety
 from ..critic import WEIGHTS_DIR, LatentCritic
 from ..models import DEFAULT_MODEL, LoadedModel, load_model
+from .judge_data import TEST_TEMPLATES, split_of
 
 _TOP_K = 256  # as the engine's sampler
 
@@ -53,28 +54,9 @@ def _hash_split(key: str, test_share: float) -> str:
     return "test" if (h % 1000) < test_share * 1000 else "train"
 
 
-def split_of(key: str) -> str:
-    """The cost model's train/test split of a request (its function when available, the same hash otherwise)."""
-    try:
-        from .build_cost_data import split_of as cost_split
-
-        return cost_split(key)
-    except ImportError:  # pragma: no cover - the cost-model training code is part of the package
-        return _hash_split(key, 0.25)
-
-
 def held_out_templates(sources: dict[str, Any]) -> set[str]:
-    """Names of the jailbreak templates the cost model held out entirely (its test split)."""
-    try:
-        from .build_cost_data import plan_generations
-
-        jobs = plan_generations({**sources, "harmful": [dict(h) for h in sources["harmful"]]})
-        names = {j["template"] for j in jobs if j["kind"] == "jailbreak" and j["split"] == "test"}
-        if names:
-            return names
-    except Exception:  # noqa: BLE001 - fall back to a hash of the name
-        pass
-    return {t["name"] for t in sources["templates"] if _hash_split("template:" + t["name"], 0.25) == "test"}
+    """Names of the shared jailbreak templates the judge holds out entirely (its test split)."""
+    return {t["name"] for t in sources["templates"] if t["name"] in TEST_TEMPLATES}
 
 
 def load_sources(data_dir: str | Path) -> dict[str, Any]:
@@ -547,9 +529,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     if a.cost_model_dir:
-        from ..cost_model import EmbeddingCostModel
+        from ..cost_model import MiniLMCostModel
 
-        cost_model = EmbeddingCostModel.load(a.cost_model_dir)
+        cost_model = MiniLMCostModel.load(a.cost_model_dir)
     elif a.cost_model == "default":
         from ..cost_model import load_default_cost_model
 
@@ -562,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.reward_model == "default":
         from ..reward import DefaultReward
 
-        reward_model = DefaultReward(cost_model if hasattr(cost_model, "prompt_embeddings") else None)
+        reward_model = DefaultReward(cost_model if hasattr(cost_model, "request_harm_prob") else None)
     score_rollouts(rollouts, cost_model, reward_model)
 
     held = torch.tensor([_hash_split("critic:" + r["prompt"], a.holdout) == "test" for r in rollouts])
