@@ -29,9 +29,12 @@ the answer that proposed them, so they are checked, not charged twice); a call w
 small set of prompt-injection patterns (:data:`DEFAULT_INJECTION_PATTERNS`); per tool (``tool_policies``) a
 flagged result is ``"redact"``-ed (default: offending sentences/lines are replaced), ``"block"``-ed (an error
 ``ToolMessage``) or ``"allow"``-ed. What finally enters the context is charged to the episode. Tool traffic is
-scored as a whole and sentence by sentence (a harmful sentence diluted in a long page still counts), and both
-under the user's request and without it (``score_tools_without_context``): a learned judge conditioned on a
-benign request under-rates harmful content that a tool brought in.
+scored as a whole and sentence by sentence (a harmful sentence diluted in a long page still counts). Tool-call
+arguments are checked as text alone (an empty prompt): the answer that carries them was already judged (and, in
+post-hoc mode, charged) under the user's request, so the check asks only whether the arguments themselves are
+harmful; under a request the judge misreads as harmful, every harmless call would be blocked otherwise
+(``tool_calls_under_request=True`` also scores them under the request; the larger cost counts). Tool *results*
+are not the assistant's answer to anyone, so they too are scored as text alone.
 
 Costs are charged only when positive, and the discount ``gamma`` is applied per charge. Parallel tool calls of
 one step all see the state before the step and all their charges are applied (the ``ig_safety_state`` reducer).
@@ -195,10 +198,11 @@ class GuardMiddlewareConfig(BaseModel):
         "benign text do not add up over a long episode.",
     )
     cost_scale: float = Field(1.0, gt=0, description="Multiplier applied to the cost model's scores.")
-    score_tools_without_context: bool = Field(
-        True,
-        description="Score tool arguments and results both under the user's request and with an empty prompt, and "
-        "keep the larger cost: a judge conditioned on a benign request can under-rate harmful tool content.",
+    tool_calls_under_request: bool = Field(
+        False,
+        description="Also score tool-call arguments under the user's request and keep the larger cost (by default "
+        "they are scored as text alone: the answer carrying them was judged under the request). Tool results are "
+        "always scored as text alone.",
     )
     buffer_post_hoc_stream: bool = Field(
         True, description="Post-hoc mode: run the model unstreamed/untagged for streams, emit only screened text."
@@ -382,14 +386,18 @@ class InferenceGuardMiddleware(AgentMiddleware):
         return out
 
     def _score_tool(self, prompt: str, texts: Sequence[str]) -> list[float]:
-        """Costs of tool traffic (see ``score_tools_without_context``)."""
+        """Costs of tool-call arguments (see ``tool_calls_under_request``)."""
         texts = list(texts)
         if not texts:
             return []
-        if not self.config.score_tools_without_context or not prompt:
-            return self._score([prompt] * len(texts), texts)
+        if not self.config.tool_calls_under_request or not prompt:
+            return self._score_content(texts)
         both = self._score([prompt] * len(texts) + [""] * len(texts), texts + texts)
         return [max(a, b) for a, b in zip(both[: len(texts)], both[len(texts) :], strict=True)]
+
+    def _score_content(self, texts: Sequence[str]) -> list[float]:
+        """Costs of tool results: the text alone, with no request as context."""
+        return self._score([""] * len(texts), list(texts))
 
     async def _ascore(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         if not responses:
@@ -691,9 +699,7 @@ class InferenceGuardMiddleware(AgentMiddleware):
                 prev = False
         return "".join(out), len(drop)
 
-    def _screen_result(
-        self, request: ToolCallRequest, msg: ToolMessage, z: float, prompt: str
-    ) -> tuple[_Decision, ToolMessage]:
+    def _screen_result(self, request: ToolCallRequest, msg: ToolMessage, z: float) -> tuple[_Decision, ToolMessage]:
         """Screen one tool result before the model sees it; what passes is charged to the episode."""
         d = _Decision()
         name, call_id = request.tool_call.get("name", ""), request.tool_call.get("id")
@@ -703,7 +709,7 @@ class InferenceGuardMiddleware(AgentMiddleware):
         # the whole result and each sentence/line: a harmful sentence diluted in a long benign page still counts
         segs = _segments(text) if text else []
         scored = [i for i, seg in enumerate(segs) if seg.strip()] if len(segs) > 1 else []
-        costs = self._score_tool(prompt, [text] + [segs[i] for i in scored]) if text else [0.0]
+        costs = self._score_content([text] + [segs[i] for i in scored]) if text else [0.0]
         seg_costs = [0.0] * len(segs)
         for i, c in zip(scored, costs[1:], strict=True):
             seg_costs[i] = c
@@ -730,7 +736,7 @@ class InferenceGuardMiddleware(AgentMiddleware):
             force = {i for i, seg in enumerate(segs) if any(p.search(seg) for p in self._patterns)}
             new_text, removed = self._redact(segs, seg_costs, z, force)
             kept = new_text.replace(_REDACTED, "")  # judge what is left, not the placeholder
-            new_cost = self._score_tool(prompt, [kept])[0] if kept.strip() else 0.0
+            new_cost = self._score_content([kept])[0] if kept.strip() else 0.0
             if not self._flags(new_text) and self._harmful(z, new_cost) is None:
                 self._event(
                     d,
@@ -767,7 +773,6 @@ class InferenceGuardMiddleware(AgentMiddleware):
         screened: dict[int, ToolMessage] = {}
         if self.config.screen_tool_results:
             z = self._z(request.state)
-            prompt = _last_user_text(_state_get(request.state, "messages", []) or [])
             if isinstance(result, ToolMessage):
                 found = [(0, result)]
             elif isinstance(result, Command) and isinstance(result.update, dict):
@@ -777,7 +782,7 @@ class InferenceGuardMiddleware(AgentMiddleware):
             else:  # pragma: no cover - unknown output shape: nothing to screen
                 found = []
             for i, msg in found:
-                d, screened[i] = self._screen_result(request, msg, z, prompt)
+                d, screened[i] = self._screen_result(request, msg, z)
                 z = self._after(z, d.spend) if d.spend > 0 else z
                 total.events += d.events
                 total.spend += d.spend
