@@ -117,6 +117,10 @@ def test_parse_tool_calls_valid_invalid_and_unclosed():
     assert calls[0]["args"] == {"x": 1}
     _, calls, bad = parse_tool_calls("<tool_call>{name: f}</tool_call>")
     assert not calls and bad and bad[0]["type"] == "invalid_tool_call"
+    _, calls, _ = parse_tool_calls(call("unicode_customer", {"customer_name": "你好啊集团"}))
+    assert calls[0]["args"] == {"customer_name": "你好啊集团"}  # non-ASCII arguments survive (escaped or not)
+    _, calls, _ = parse_tool_calls('<tool_call>{"name": "f", "arguments": {"n": "你好"}}</tool_call>')
+    assert calls[0]["args"] == {"n": "你好"}
 
 
 def test_tool_calls_sync_and_stream_scripted():
