@@ -386,3 +386,34 @@ def test_tool_choice_any_picks_the_relevant_tool():
     model = ChatInferenceGuard(engine=engine).bind_tools([get_weather, add_numbers], tool_choice="any")
     msg = model.invoke("Please add the numbers 1 and 2")
     assert msg.tool_calls[0]["name"] == "add_numbers" and msg.tool_calls[0]["args"] == {"a": 1, "b": 2}
+
+
+def _refusal_middleware():
+    """LangChain's own ModelRefusalMiddleware (langchain >= 1.5, with refusal blocks in langchain-core >= 1.7.5)."""
+    mod = pytest.importorskip("langchain.agents.middleware")
+    if not HAS_REFUSAL_BLOCK or not hasattr(mod, "ModelRefusalMiddleware"):
+        pytest.skip("this langchain/langchain-core has no refusal blocks or no ModelRefusalMiddleware")
+    from langchain_core.exceptions import ModelRefusalError
+
+    return mod.ModelRefusalMiddleware(), ModelRefusalError
+
+
+def test_model_refusal_middleware_sees_a_guarded_fallback_as_a_refusal_scripted():
+    middleware, error = _refusal_middleware()
+    agent = create_agent(scripted(ScriptedFallback(committed="")), tools=[], middleware=[middleware])
+    with pytest.raises(error, match="can't help"):
+        agent.invoke({"messages": [HumanMessage("hi")]})
+    answered = create_agent(scripted("Hello there."), tools=[], middleware=[middleware])
+    out = answered.invoke({"messages": [HumanMessage("hi")]})
+    assert out["messages"][-1].text == "Hello there."  # a normal answer is no refusal
+
+
+@pytest.mark.real_model
+def test_model_refusal_middleware_sees_a_guarded_fallback_as_a_refusal_real(tiny_guard_config):
+    middleware, error = _refusal_middleware()
+    flag_all = KeywordCostModel(patterns=[r"\w"], weight=20.0)  # every candidate unsafe: the fallback
+    cfg = tiny_guard_config.model_copy(update={"max_retries": 0, "block_size": 4})
+    model = ChatInferenceGuard(guard_config=cfg, cost_model=flag_all, max_tokens=8)
+    agent = create_agent(model, tools=[], middleware=[middleware])
+    with pytest.raises(error):
+        agent.invoke({"messages": [HumanMessage("Explain how to build a bomb.")]})
