@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .encoder import MiniLM, encoder_dir, mean_pool, user_text
+from .encoder import MiniLM, PromptCache, encoder_dir, mean_pool, user_text
 
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "cost_model.safetensors"
@@ -128,11 +127,8 @@ class MiniLMCostModel:
         self.scale, self.threshold = float(scale), float(threshold)
         self.max_length = int(max_length)
         self.config = dict(config or {})
-        self._cache: OrderedDict[str, float] = OrderedDict()
-        self._cache_size = int(prompt_cache_size)
-        self._lock = threading.RLock()
-        self.cache_hits = 0
-        self.cache_misses = 0
+        self._requests = PromptCache(prompt_cache_size)
+        self._lock = threading.Lock()
 
     # -- encoding ---------------------------------------------------------------------------------------
     def _chunks(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
@@ -191,24 +187,24 @@ class MiniLMCostModel:
     def request_harm_prob(self, prompts: Sequence[str]) -> list[float]:
         """P(the request is harmful) for each prompt's last user turn: the larger of the whole request's and its
         last line's (a request appended to a role-play preamble is read as itself); 0 for no request."""
-        with self._lock:
-            requests = [user_text(p).strip() for p in prompts]
-            missing = list(dict.fromkeys(r for r in requests if r and r not in self._cache))
-            self.cache_hits += sum(1 for r in requests if r and r not in missing)
-            self.cache_misses += len(missing)
-            known = {r: self._cache[r] for r in requests if r in self._cache}
-            if missing:
-                tails = [last_paragraph(r) for r in missing]
-                texts = list(dict.fromkeys(missing + tails))
-                probs = dict(zip(texts, self._texts(texts)[2], strict=True))
-                known.update({r: max(probs[r], probs[t]) for r, t in zip(missing, tails, strict=True)})
-            for r in dict.fromkeys(requests):
-                if r:
-                    self._cache[r] = known[r]
-                    self._cache.move_to_end(r)
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-            return [known[r] if r else 0.0 for r in requests]
+        requests = [user_text(p).strip() for p in prompts]
+        probs = self._requests.get_many([r for r in requests if r], self._request_probs)
+        it = iter(probs)
+        return [next(it) if r else 0.0 for r in requests]
+
+    def _request_probs(self, requests: list[str]) -> list[float]:
+        tails = [last_paragraph(r) for r in requests]
+        texts = list(dict.fromkeys(requests + tails))
+        probs = dict(zip(texts, self._texts(texts)[2], strict=True))
+        return [max(probs[r], probs[t]) for r, t in zip(requests, tails, strict=True)]
+
+    @property
+    def cache_hits(self) -> int:
+        return self._requests.hits
+
+    @property
+    def cache_misses(self) -> int:
+        return self._requests.misses
 
     def components(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict[str, float]]:
         """The readings behind each verdict: ``content``, ``refusal``, ``request`` and ``unsafe`` (all P)."""

@@ -14,8 +14,10 @@ import importlib.util
 import math
 import re
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,6 +44,33 @@ def user_text(prompt: str) -> str:
         if turns:
             return turns[-1].strip()
     return prompt
+
+
+class PromptCache:
+    """A thread-safe LRU of per-prompt readings: the search scores the same prompt at every block boundary, so
+    the judge's request reading and the reward's prompt embedding are computed once per prompt."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = int(size)
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Sequence[str], compute: Callable[[list[str]], Sequence[Any]]) -> list[Any]:
+        """The value of each key; the distinct missing keys are computed in one ``compute(keys)`` call."""
+        with self._lock:
+            missing = list(dict.fromkeys(k for k in keys if k not in self._items))
+            self.misses += len(missing)
+            self.hits += sum(1 for k in keys if k not in missing)
+            fresh = dict(zip(missing, compute(missing), strict=True)) if missing else {}
+            out = [fresh[k] if k in fresh else self._items[k] for k in keys]
+            for k in dict.fromkeys(keys):
+                self._items[k] = fresh[k] if k in fresh else self._items[k]
+                self._items.move_to_end(k)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+            return out
 
 
 def encoder_dir() -> Path:

@@ -8,13 +8,11 @@ MiniLM encoder (:mod:`ig_middleware.encoder`) for relevance, and the default jud
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 
-from .encoder import MiniLMEncoder, get_encoder, user_text
+from .encoder import MiniLMEncoder, PromptCache, get_encoder, user_text
 
 _REFUSAL_RE = re.compile(
     r"\b(I(?:'m| am) sorry|I apologi[sz]e|I (?:can(?:'|no)t|cannot|won't|will not|am unable to|'m unable to|"
@@ -86,26 +84,15 @@ class DefaultReward:
             raise TypeError("DefaultReward needs a cost model with request_harm_prob(prompts), e.g. the default one")
         self.cost_model = cost_model
         self.encoder = encoder if encoder is not None else get_encoder()
-        self._prompt_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._lock = threading.Lock()
+        self._prompts = PromptCache()
         self.refusal_weight = float(refusal_weight)
         self.length_weight = float(length_weight)
         self.target_words = int(target_words)
         self.repetition_weight = float(repetition_weight)
         self._refusal_emb = self.encoder.encode(list(self.CANONICAL_REFUSALS))
 
-    def _prompt_embeddings(self, prompts: Sequence[str], cache_size: int = 256) -> torch.Tensor:
-        texts = [user_text(p) for p in prompts]
-        with self._lock:
-            missing = list(dict.fromkeys(t for t in texts if t not in self._prompt_cache))
-            fresh = dict(zip(missing, self.encoder.encode(missing), strict=True)) if missing else {}
-            out = torch.stack([fresh[t] if t in fresh else self._prompt_cache[t] for t in texts])
-            for t in dict.fromkeys(texts):
-                self._prompt_cache[t] = fresh.get(t, self._prompt_cache.get(t))
-                self._prompt_cache.move_to_end(t)
-            while len(self._prompt_cache) > cache_size:
-                self._prompt_cache.popitem(last=False)
-        return out
+    def _prompt_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
+        return torch.stack(self._prompts.get_many([user_text(p) for p in prompts], self.encoder.encode))
 
     def components(self, prompts: Sequence[str], responses: Sequence[str]) -> list[dict[str, float]]:
         """The terms of the reward for each pair (for reports and debugging)."""

@@ -285,3 +285,18 @@ def test_refusal_and_repetition_helpers():
     assert not is_refusal("Sure, here is how to bake bread.")
     assert repetition("one two three four five six seven") == 0.0
     assert repetition("go go go go go go go go go go") > 0.5
+
+
+def test_prompt_cache_computes_each_missing_prompt_once_and_evicts_the_oldest():
+    from ig_middleware.encoder import PromptCache
+
+    cache, calls = PromptCache(size=2), []
+
+    def upper(keys):
+        calls.append(list(keys))
+        return [k.upper() for k in keys]
+
+    assert cache.get_many(["a", "b", "a"], upper) == ["A", "B", "A"] and calls == [["a", "b"]]
+    assert cache.get_many(["c"], upper) == ["C"]  # "a" is the least recently used: evicted
+    assert cache.get_many(["b", "a"], upper) == ["B", "A"] and calls[-1] == ["a"]
+    assert (cache.hits, cache.misses) == (1, 4)
