@@ -257,9 +257,7 @@ def drop_near_duplicates(pools: dict[str, Any], threshold: float = NEAR_DUP) -> 
 
 
 # -- generation jobs ---------------------------------------------------------------------------------------
-def _u(key: str) -> float:
-    """A uniform number in [0, 1) from a string: choices that do not move when other rows are added."""
-    return int(hashlib.sha1(key.encode()).hexdigest()[:12], 16) / 16**12
+_u = public_sets.stable_uniform
 
 
 def plan_jobs(

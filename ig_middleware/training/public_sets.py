@@ -23,6 +23,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import re
@@ -139,11 +140,13 @@ def jailbreak_templates(wheel_dir: str | Path = DEFAULT_WHEEL_DIR) -> list[dict[
     return out
 
 
-def _held_out(text: str, share: float = 0.25) -> str:
-    import hashlib
+def stable_uniform(key: str) -> float:
+    """A uniform number in [0, 1) from a string: splits and choices that do not move when other rows are added."""
+    return int(hashlib.sha1(key.encode()).hexdigest()[:12], 16) / 16**12
 
-    u = int(hashlib.sha1(("public:" + text).encode()).hexdigest()[:8], 16) / 16**8
-    return "test" if u < share else "train"
+
+def _held_out(text: str, share: float = 0.25) -> str:
+    return "test" if stable_uniform("public:" + text) < share else "train"
 
 
 def cloze_passages(wheel_dir: str | Path = DEFAULT_WHEEL_DIR) -> list[dict[str, Any]]:

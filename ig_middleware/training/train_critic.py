@@ -28,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import random
@@ -49,11 +48,6 @@ _TOP_K = 256  # as the engine's sampler
 
 
 # -- prompts --------------------------------------------------------------------------------------------------
-def _hash_split(key: str, test_share: float) -> str:
-    h = int(hashlib.sha1(key.strip().lower().encode()).hexdigest()[:8], 16)
-    return "test" if (h % 1000) < test_share * 1000 else "train"
-
-
 def held_out_templates(sources: dict[str, Any]) -> set[str]:
     """Names of the shared jailbreak templates the judge holds out entirely (its test split)."""
     return {t["name"] for t in sources["templates"] if t["name"] in TEST_TEMPLATES}
@@ -547,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         reward_model = DefaultReward(cost_model if hasattr(cost_model, "request_harm_prob") else None)
     score_rollouts(rollouts, cost_model, reward_model)
 
-    held = torch.tensor([_hash_split("critic:" + r["prompt"], a.holdout) == "test" for r in rollouts])
+    held = torch.tensor([split_of("critic:" + r["prompt"], a.holdout) == "test" for r in rollouts])
     ex = build_examples(rollouts, a.budget, a.gamma, a.z_samples, seed=a.seed)
     test_mask = held[ex["rollout"]]
     train_ex, test_ex = _subset(ex, ~test_mask), _subset(ex, test_mask)

@@ -172,6 +172,10 @@ HAND_WEIGHT = 2.0  # hand-written texts: labels a person vouches for, in many st
 PREFIX_WEIGHT = 0.5  # prefixes are near copies of their answers
 
 
+def _refused(r: dict[str, Any]) -> int:
+    return int(is_refusal(r["text"]))
+
+
 def corpus_rows() -> list[dict[str, Any]]:
     """The hand-written answers: harmful / harmless texts, contrastive pairs, vocabulary contrasts."""
     rows = []
@@ -189,46 +193,16 @@ def corpus_rows() -> list[dict[str, Any]]:
                     **meta,
                 )
             )
-    for r in jd.corpus("vocabulary_contrasts"):
-        rows.append(
-            _row(
-                r["text"],
-                int(r["label"]),
-                int(is_refusal(r["text"])) if not r["label"] else 0,
-                split=r["split"],
-                origin="vocab_contrast",
-                request=r["request"],
-                category=r["category"],
-                weight=HAND_WEIGHT,
-            )
-        )
-    for r in jd.corpus("harmful_answers"):
-        rows.append(
-            _row(
-                r["text"],
-                1,
-                0,
-                split=r["split"],
-                origin="corpus_harmful",
-                request=r["request"],
-                category=r["category"],
-                weight=HAND_WEIGHT,
-            )
-        )
-    for r in jd.corpus("harmless_answers"):
-        refusal = int(r["category"] in ("refusal", "safe_redirection"))
-        rows.append(
-            _row(
-                r["text"],
-                0,
-                refusal,
-                split=r["split"],
-                origin="corpus_harmless",
-                request=r["request"],
-                category=r["category"],
-                weight=HAND_WEIGHT,
-            )
-        )
+    labels = {  # file: (origin, content label, refusal label) of each text
+        "vocabulary_contrasts": lambda r: ("vocab_contrast", int(r["label"]), 0 if r["label"] else _refused(r)),
+        "harmful_answers": lambda r: ("corpus_harmful", 1, 0),
+        "harmless_answers": lambda r: ("corpus_harmless", 0, int(r["category"] in ("refusal", "safe_redirection"))),
+    }
+    for name, label in labels.items():
+        for r in jd.corpus(name):
+            origin, content, refusal = label(r)
+            meta = {"split": r["split"], "category": r["category"], "weight": HAND_WEIGHT}
+            rows.append(_row(r["text"], content, refusal, origin=origin, request=r["request"], **meta))
     return rows
 
 
