@@ -238,6 +238,22 @@ async def test_tool_with_harmful_arguments_is_never_executed(mode: str) -> None:
     assert "blocked by InferenceGuard" in model.seen[-1][-1].text
 
 
+class _RequestSensitiveJudge:
+    """Costs 6 (over the item threshold d/2, within the budget) for "payroll" text under a request, 0 alone."""
+
+    def score(self, prompts: list[str], responses: list[str]) -> list[float]:
+        return [6.0 if p and "payroll" in r else 0.0 for p, r in zip(prompts, responses, strict=True)]
+
+
+@pytest.mark.parametrize("under_request", [False, True])
+def test_tool_call_arguments_are_judged_alone_unless_asked(under_request: bool) -> None:
+    tools = Tools()
+    model = ScriptedChatModel(script=[call("search", "c1", query="payroll dates"), AIMessage(content="ok")])
+    mw = InferenceGuardMiddleware(cost_model=_RequestSensitiveJudge(), tool_calls_under_request=under_request)
+    create_agent(model, tools=tools.all, middleware=[mw]).invoke({"messages": [HumanMessage("find it")]})
+    assert tools.ran == ([] if under_request else [("search", {"query": "payroll dates"})])
+
+
 # -- tool results -----------------------------------------------------------------------------------------
 
 

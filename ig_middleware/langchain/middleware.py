@@ -396,7 +396,7 @@ class InferenceGuardMiddleware(AgentMiddleware):
         return [max(a, b) for a, b in zip(both[: len(texts)], both[len(texts) :], strict=True)]
 
     def _score_content(self, texts: Sequence[str]) -> list[float]:
-        """Costs of tool results: the text alone, with no request as context."""
+        """Costs of texts judged alone, with no request as context (tool results; tool-call arguments by default)."""
         return self._score([""] * len(texts), list(texts))
 
     async def _ascore(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
