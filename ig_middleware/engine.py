@@ -12,6 +12,7 @@ yielded: every failure (judge error, NaN, timeout) fails closed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import threading
 import time
@@ -36,6 +37,7 @@ from .events import (
     Resampled,
     SearchFinished,
     SearchStarted,
+    plugin_observers,
 )
 from .judges import CostModel, RewardModel
 from .models import DEFAULT_MODEL, LoadedModel, Message, load_model, validate_messages
@@ -94,6 +96,11 @@ class GuardedEngine:
         critic: latent critic used by ``method="inferenceguard"`` to prune before judging; ``"auto"``
             loads the critic shipped for this model (if any), ``None`` disables it.
         config: default :class:`GuardConfig`; per-call overrides are accepted by every method.
+        observers: event sinks for every search (per-call ``observers=`` add to them).
+        telemetry: attach the installed observer plugins (:data:`~ig_middleware.events.OBSERVER_PLUGINS`),
+            i.e. OpenTelemetry spans through the global tracer provider (a no-op until the application
+            configures an SDK). ``False`` turns them off.
+        tracer_provider: handed to the plugins: the OpenTelemetry provider to use instead of the global one.
     """
 
     def __init__(
@@ -107,6 +114,8 @@ class GuardedEngine:
         device: str = "cpu",
         dtype: str = "float32",
         observers: Sequence[Observer] = (),
+        telemetry: bool = True,
+        tracer_provider: Any = None,
     ) -> None:
         self._model = model if isinstance(model, LoadedModel) else None
         self.model_name = model.name if isinstance(model, LoadedModel) else model
@@ -116,6 +125,8 @@ class GuardedEngine:
         self._critic = critic
         self.config = config or GuardConfig()
         self.observers: list[Observer] = list(observers)
+        if telemetry:
+            self.observers += plugin_observers(tracer_provider=tracer_provider)
         self._init_lock = threading.Lock()
         self._judge_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ig-judge")
 
@@ -206,7 +217,8 @@ class GuardedEngine:
             finally:
                 loop.call_soon_threadsafe(queue.put_nowait, None)
 
-        worker = loop.run_in_executor(None, work)
+        # the caller's context goes with the search (observers read it, e.g. for the parent span)
+        worker = loop.run_in_executor(None, contextvars.copy_context().run, work)
         try:
             while (item := await queue.get()) is not None:
                 if isinstance(item, BaseException):

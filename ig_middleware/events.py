@@ -6,12 +6,16 @@ The engine knows nothing of LangChain or OpenTelemetry: adapters subscribe with 
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .result import GuardResult
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -132,3 +136,40 @@ def event_to_dict(event: GuardEvent) -> dict:
         out["safety_states"], out["costs"] = list(event.safety_states), list(event.costs)
         out["min_safety_state"], out["max_safety_state"] = event.min_safety_state, event.max_safety_state
     return out
+
+
+# -- observer plugins ---------------------------------------------------------------------------------
+OBSERVER_PLUGINS = "ig_middleware.observers"
+"""Entry-point group of observer factories that every engine attaches by default.
+
+A factory is called as ``factory(tracer_provider=...)`` and returns an :data:`Observer` or None (off).
+The package registers its OpenTelemetry tracer here, which is how spans appear without code changes
+while the engine itself imports nothing of OpenTelemetry.
+"""
+
+
+@functools.cache
+def _plugin_factories() -> tuple[tuple[str, Callable[..., Any]], ...]:
+    from importlib.metadata import entry_points
+
+    out = []
+    for ep in entry_points(group=OBSERVER_PLUGINS):
+        try:
+            out.append((ep.name, ep.load()))
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the engine
+            log.warning("observer plugin %s failed to load: %s", ep.name, exc)
+    return tuple(out)
+
+
+def plugin_observers(**options: Any) -> list[Observer]:
+    """The observers of the installed plugins (group :data:`OBSERVER_PLUGINS`), given ``options``."""
+    observers = []
+    for name, factory in _plugin_factories():
+        try:
+            observer = factory(**options)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("observer plugin %s failed: %s", name, exc)
+            continue
+        if observer is not None:
+            observers.append(observer)
+    return observers
