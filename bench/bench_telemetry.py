@@ -1,9 +1,11 @@
 """Overhead of the OpenTelemetry observer per search, in one process.
 
-Three settings, interleaved round-robin so that machine noise hits all alike:
+Four settings, interleaved round-robin so that machine noise hits all alike:
 
-* ``none``: no observer;
-* ``noop``: a :class:`GuardTracer` on the OpenTelemetry API's no-op tracer (OTel not configured);
+* ``none``: no observer (``GuardedEngine(telemetry=False)``);
+* ``default``: the tracer every engine gets (:func:`auto_observer`) with no SDK configured: the
+  zero-code default;
+* ``noop``: a :class:`GuardTracer` on the OpenTelemetry API's explicit no-op tracer provider;
 * ``inmemory``: a :class:`GuardTracer` on an SDK ``TracerProvider`` with an ``InMemorySpanExporter``.
 
 Reports the median wall time per search and its ratio to ``none``. Because a search's time is dominated
@@ -54,16 +56,19 @@ def main() -> None:
     from opentelemetry.trace import NoOpTracerProvider
 
     from ig_middleware import GuardConfig, GuardedEngine, KeywordCostModel
-    from ig_middleware.telemetry import GuardTracer
+    from ig_middleware.telemetry import GuardTracer, auto_observer
 
     lm = None if args.real else tiny_model()
     cfg = GuardConfig(num_candidates=4, num_beams=2, block_size=8, max_new_tokens=32, seed=0)
-    engine = GuardedEngine(lm if lm is not None else "smollm2-135m-instruct", cost_model=KeywordCostModel(), config=cfg)
+    engine = GuardedEngine(
+        lm if lm is not None else "smollm2-135m-instruct", cost_model=KeywordCostModel(), config=cfg, telemetry=False
+    )
     exporter = InMemorySpanExporter()
     sdk = TracerProvider()
     sdk.add_span_processor(SimpleSpanProcessor(exporter))
     observers = {
         "none": [],
+        "default": [auto_observer()],
         "noop": [GuardTracer(NoOpTracerProvider())],
         "inmemory": [GuardTracer(sdk)],
     }
@@ -92,8 +97,9 @@ def main() -> None:
             best = min(best, (time.perf_counter() - t) / args.replays)
         return best
 
-    noop_tracer, sdk_tracer = GuardTracer(NoOpTracerProvider()), GuardTracer(sdk)
+    default_tracer, noop_tracer, sdk_tracer = auto_observer(), GuardTracer(NoOpTracerProvider()), GuardTracer(sdk)
     per_search = {
+        "default": replay(lambda: default_tracer),
         "noop": replay(lambda: noop_tracer),
         "inmemory": replay(lambda: sdk_tracer),
     }

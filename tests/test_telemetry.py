@@ -73,6 +73,23 @@ def engine(tiny_lm) -> GuardedEngine:
     return GuardedEngine(tiny_lm, cost_model=PromptCost(), config=GuardConfig(**SMALL))
 
 
+@pytest.fixture
+def global_otel(monkeypatch) -> InMemorySpanExporter:
+    """An SDK provider set as the global one for this test (the API allows one per process: reset after)."""
+    from opentelemetry.util._once import Once
+
+    for var in ("OTEL_SDK_DISABLED", "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", A.ENV_CAPTURE_CONTENT):
+        monkeypatch.delenv(var, raising=False)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER_SET_ONCE", Once())
+    monkeypatch.setattr(trace, "_TRACER_PROVIDER", None)
+    trace.set_tracer_provider(provider)
+    yield exporter
+    provider.shutdown()
+
+
 def by_name(spans, name):
     return [s for s in spans if s.name == name]
 
@@ -129,7 +146,7 @@ def test_span_tree_attributes_and_evaluation(engine, otel):
     assert not content_keys(chat)  # no content by default
     assert tracer.open_runs == 0
     uninstrument(engine)
-    assert not any(isinstance(o, GuardTracer) for o in engine.observers)
+    assert not any(isinstance(o, GuardTracer) and not o.auto for o in engine.observers)
 
 
 def test_resample_fallback_and_budget_events(engine, otel):
@@ -249,6 +266,109 @@ def test_configure_from_env(monkeypatch):
     exporters = [p.span_exporter for p in provider._active_span_processor._span_processors]
     assert type(exporters[0]).__module__.startswith("opentelemetry.exporter.otlp.proto.http")
     provider.shutdown()
+
+
+# -- zero-code spans: the engine's automatic tracer ------------------------------------------------------
+def chat_spans(spans):
+    return [s for s in spans if s.name.startswith("chat ")]
+
+
+def test_spans_without_code_changes(tiny_lm, global_otel):
+    engine = GuardedEngine(tiny_lm, cost_model=PromptCost(), config=GuardConfig(**SMALL))  # nothing instrumented
+    tracer = trace.get_tracer("app")
+    with tracer.start_as_current_span("request") as request:
+        result = engine.generate("Tell me about teapots.")
+    spans = global_otel.get_finished_spans()
+    (chat,) = chat_spans(spans)
+    assert chat.parent.span_id == request.get_span_context().span_id
+    assert chat.attributes[A.IG_SAFETY_STATE] == pytest.approx(result.safety_state)
+    assert by_name(spans, A.SPAN_BLOCK) and events(chat, A.EVENT_EVALUATION_RESULT)
+    assert not content_keys(chat)  # content capture stays opt-in
+
+
+async def test_zero_code_async_stream_keeps_the_callers_parent(tiny_lm, global_otel, monkeypatch):
+    engine = GuardedEngine(tiny_lm, cost_model=PromptCost(), config=GuardConfig(**SMALL))
+    monkeypatch.setenv(A.ENV_CAPTURE_CONTENT, "true")  # read per search, so setting it late still counts
+    with trace.get_tracer("app").start_as_current_span("request") as request:
+        [c async for c in engine.astream("Tell me about teapots.")]
+    (chat,) = chat_spans(global_otel.get_finished_spans())
+    assert chat.parent.span_id == request.get_span_context().span_id  # the search thread got the context
+    assert A.GEN_AI_OUTPUT_MESSAGES in chat.attributes
+
+
+def test_one_set_of_spans_whoever_else_traces(tiny_lm, global_otel):
+    engine = GuardedEngine(tiny_lm, cost_model=PromptCost(), config=GuardConfig(**SMALL))
+    provider = trace.get_tracer_provider()
+    engine.generate("hi", observers=[GuardTracer(provider)])  # an explicit tracer per call
+    instrument(engine, provider)  # an explicit tracer on the engine
+    engine.generate("hi")
+    engine.generate("hi", observers=[GuardTracer(provider)])
+    assert len(chat_spans(global_otel.get_finished_spans())) == 3
+    uninstrument(engine)
+    assert any(isinstance(o, GuardTracer) and o.auto for o in engine.observers)  # the default stays
+
+
+def test_other_instrumentations_model_span_gets_the_safety_span_only(tiny_lm, global_otel):
+    engine = GuardedEngine(tiny_lm, cost_model=PromptCost(), config=GuardConfig(**SMALL))
+    tracer = trace.get_tracer("openllmetry-like")
+    with tracer.start_as_current_span("ChatInferenceGuard.chat", attributes={"traceloop.span.kind": "llm"}) as llm:
+        engine.generate("Tell me about teapots.")
+    spans = global_otel.get_finished_spans()
+    assert not chat_spans(spans)
+    (search,) = by_name(spans, A.SPAN_SEARCH)
+    assert search.parent.span_id == llm.get_span_context().span_id and A.IG_SAFETY_STATE in search.attributes
+
+
+def test_injected_tracer_provider(tiny_lm, tiny_model_dir, otel, global_otel):
+    provider, exporter = otel
+    GuardedEngine(tiny_lm, cost_model=PromptCost(), config=GuardConfig(**SMALL), tracer_provider=provider).generate(
+        "hi"
+    )
+    chat_model = pytest.importorskip("ig_middleware.langchain.chat_model")
+    model = chat_model.ChatInferenceGuard(
+        model=tiny_model_dir, cost_model=PromptCost(), guard_config=GuardConfig(**SMALL), tracer_provider=provider
+    )
+    model.invoke("hi")
+    assert len(chat_spans(exporter.get_finished_spans())) == 2
+    assert not chat_spans(global_otel.get_finished_spans())
+
+
+@pytest.mark.parametrize(
+    "switch",
+    ["telemetry=False", "OTEL_SDK_DISABLED=true", "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=openai,ig_middleware"],
+)
+def test_switches_turn_the_automatic_tracer_off(tiny_lm, tiny_model_dir, global_otel, monkeypatch, switch):
+    kwargs: dict[str, Any] = {}
+    if switch == "telemetry=False":
+        kwargs["telemetry"] = False
+    else:
+        var, value = switch.split("=")
+        monkeypatch.setenv(var, value)
+    engine = GuardedEngine(tiny_lm, cost_model=PromptCost(), config=GuardConfig(**SMALL), **kwargs)
+    assert not any(isinstance(o, GuardTracer) for o in engine.observers)
+    engine.generate("hi")
+    chat_model = pytest.importorskip("ig_middleware.langchain.chat_model")
+    chat_model.ChatInferenceGuard(
+        model=tiny_model_dir, cost_model=PromptCost(), guard_config=GuardConfig(**SMALL), **kwargs
+    ).invoke("hi")
+    assert not chat_spans(global_otel.get_finished_spans())
+
+
+def test_chat_model_spans_without_code_changes(tiny_model_dir, global_otel, otel):
+    chat_model = pytest.importorskip("ig_middleware.langchain.chat_model")
+    model = chat_model.ChatInferenceGuard(
+        model=tiny_model_dir, cost_model=PromptCost(), guard_config=GuardConfig(**SMALL)
+    )
+    model.invoke("Tell me about teapots.")
+    list(model.stream("a harmful request"))
+    chats = chat_spans(global_otel.get_finished_spans())
+    assert len(chats) == 2
+    assert [c.attributes.get(A.IG_FALLBACK_REASON) for c in chats] == [None, "no_safe_candidate"]
+    # with the LangChain handler as well: the handler's spans only, still one chat span per answer
+    provider, exporter = otel
+    model.invoke("Tell me about teapots.", config={"callbacks": [OpenTelemetryCallbackHandler(provider)]})
+    assert len(chat_spans(exporter.get_finished_spans())) == 1
+    assert len(chat_spans(global_otel.get_finished_spans())) == 2
 
 
 # -- LangChain handler --------------------------------------------------------------------------------

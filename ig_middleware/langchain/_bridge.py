@@ -29,19 +29,32 @@ _ENGINES_LOCK = threading.Lock()
 
 
 def shared_engine(
-    model: str, *, device: str = "cpu", cost_model: Any = None, reward_model: Any = None, critic: Any = "auto"
+    model: str,
+    *,
+    device: str = "cpu",
+    cost_model: Any = None,
+    reward_model: Any = None,
+    critic: Any = "auto",
+    telemetry: bool = True,
+    tracer_provider: Any = None,
 ) -> GuardedEngine:
-    """One engine per (model, device, judges): instances over the same weights share it (and the loader
-    shares the weights themselves between engines). Nothing is loaded here."""
-    key = (model, device, id(cost_model), id(reward_model), id(critic))
+    """One engine per (model, device, judges, telemetry): instances over the same weights share it (and the
+    loader shares the weights themselves between engines). Nothing is loaded here."""
+    key = (model, device, id(cost_model), id(reward_model), id(critic), telemetry, id(tracer_provider))
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
             engine = GuardedEngine(
-                model, cost_model=cost_model, reward_model=reward_model, critic=critic, device=device
+                model,
+                cost_model=cost_model,
+                reward_model=reward_model,
+                critic=critic,
+                device=device,
+                telemetry=telemetry,
+                tracer_provider=tracer_provider,
             )
-            # keep the judges alive as long as the cache entry: their id() is part of the key
-            engine._ig_key_refs = (cost_model, reward_model, critic)  # type: ignore[attr-defined]
+            # keep the keyed objects alive as long as the cache entry: their id() is part of the key
+            engine._ig_key_refs = (cost_model, reward_model, critic, tracer_provider)  # type: ignore[attr-defined]
             _ENGINES[key] = engine
         return engine
 
@@ -269,6 +282,11 @@ class GuardedModelFields(BaseModel):
     drop_non_text_content: bool = False
     """The model reads text only: image/audio/video/file content blocks raise ``InvalidInputError`` unless this is
     set, which drops them (the answer is then given as if they were absent)."""
+    telemetry: bool = True
+    """OpenTelemetry spans for every search, through the global tracer provider (a no-op until the application
+    configures an SDK). ``False`` turns them off; with an explicit ``engine`` its own setting applies."""
+    tracer_provider: Any = Field(default=None, exclude=True)
+    """An OpenTelemetry ``TracerProvider`` for this model's spans instead of the global one."""
     engine_override: Any = Field(default=None, exclude=True, alias="engine")
     """An explicit :class:`GuardedEngine` (or a stand-in with the same methods) to use instead of the shared one."""
 
@@ -286,6 +304,8 @@ class GuardedModelFields(BaseModel):
             cost_model=self.cost_model,
             reward_model=self.reward_model,
             critic=self.critic,
+            telemetry=self.telemetry,
+            tracer_provider=self.tracer_provider,
         )
 
     @property

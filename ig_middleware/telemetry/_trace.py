@@ -22,21 +22,38 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from . import attributes as A
 
 _CLAIM_LIMIT = 4096
-_claims: OrderedDict[str, None] = OrderedDict()
+_claims: OrderedDict[str, int] = OrderedDict()
 _claims_lock = threading.Lock()
+_FOREIGN_MODEL_KEYS = ("openinference.span.kind", "llm.request.type", "traceloop.span.kind")
 
 
-def claim_run(run_id: str) -> None:
-    """Mark an engine run as traced by a LangChain handler: engine-observer tracers then skip it."""
+def claim_run(run_id: str, owner: object) -> None:
+    """Mark an engine run as traced by ``owner``: other tracers of the same run then skip it.
+
+    The latest claim wins: a LangChain handler (which sees the run last, and knows its place in the
+    chain) takes it over from an engine-level tracer.
+    """
     with _claims_lock:
-        _claims[run_id] = None
+        _claims[run_id] = id(owner)
+        _claims.move_to_end(run_id)
         while len(_claims) > _CLAIM_LIMIT:
             _claims.popitem(last=False)
 
 
-def is_claimed(run_id: str) -> bool:
+def claimed_by(run_id: str) -> int | None:
+    """``id()`` of the tracer that claimed the run, or None."""
     with _claims_lock:
-        return run_id in _claims
+        return _claims.get(run_id)
+
+
+def is_foreign_model_span(span: Span) -> bool:
+    """A recording model span of another instrumentation (GenAI conventions, OpenInference, OpenLLMetry)."""
+    if not span.is_recording():
+        return False
+    attrs = getattr(span, "attributes", None) or {}
+    if attrs.get(A.GEN_AI_OPERATION_NAME) in ("chat", "text_completion", "generate_content"):
+        return True
+    return any(attrs.get(k) in ("LLM", "llm", "chat") for k in _FOREIGN_MODEL_KEYS)
 
 
 def _num(value: Any) -> float | None:

@@ -58,6 +58,8 @@ SPAN_BLOCK = "inferenceguard.block"  # one per search block, child of the infere
 SPAN_INVOKE_AGENT = "invoke_agent {name}"
 SPAN_EXECUTE_TOOL = "execute_tool {name}"
 INSTRUMENTATION_NAME = "ig_middleware.telemetry"
+# names that switch this instrumentation off in OTEL_PYTHON_DISABLED_INSTRUMENTATIONS
+INSTRUMENTATION_ALIASES = frozenset({"ig_middleware", "ig-middleware", "inferenceguard", INSTRUMENTATION_NAME})
 SPAN_DEMO = "inferenceguard.demo"  # root span of ig-guard demo (one guarded conversation)
 PHOENIX_PROJECT = "openinference.project.name"  # resource attribute: the Phoenix project
 
@@ -125,3 +127,10 @@ LC_RUN_ID = "langchain.run_id"
 LC_RUN_TYPE = "langchain.run_type"  # chain | chat_model | llm | tool | retriever
 LC_RUN_NAME = "langchain.run_name"
 LC_TAGS = "langchain.tags"
+
+# -- the guarded server (ig-guard serve): HTTP semantic conventions ------------------------------------------
+HTTP_REQUEST_METHOD = "http.request.method"
+HTTP_ROUTE = "http.route"
+HTTP_RESPONSE_STATUS_CODE = "http.response.status_code"
+URL_PATH = "url.path"
+IG_CLIENT_DISCONNECTED = "inferenceguard.client_disconnected"  # the search was cancelled by a disconnect

@@ -31,7 +31,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import attributes as A
-from ._trace import SearchTrace, claim_run, dispatch
+from ._trace import SearchTrace, claim_run, dispatch, is_foreign_model_span
 from .tracer import _version, capture_content_from_env
 
 ENGINE_EVENTS = {"search_started", "block_evaluated", "resampled", "block_committed", "fallback", "search_finished"}
@@ -40,7 +40,6 @@ _CONTENT_KEYS = {
     "query", "completion", "tool_input", "tool_output", "args", "arguments", "result",
 }  # fmt: skip
 _HIDDEN_TAG = "langsmith:hidden"
-_FOREIGN_MODEL_KEYS = ("openinference.span.kind", "llm.request.type", "traceloop.span.kind")
 
 
 class _Run:
@@ -258,10 +257,7 @@ class OpenTelemetryCallbackHandler(BaseCallbackHandler):
         with self._lock:
             if span.get_span_context().span_id in self._own_span_ids:
                 return False
-        attrs = getattr(span, "attributes", None) or {}
-        if attrs.get(A.GEN_AI_OPERATION_NAME) in ("chat", "text_completion", "generate_content"):
-            return True
-        return any(attrs.get(k) in ("LLM", "llm", "chat") for k in _FOREIGN_MODEL_KEYS)
+        return is_foreign_model_span(span)
 
     def on_chat_model_start(
         self,
@@ -470,7 +466,7 @@ class OpenTelemetryCallbackHandler(BaseCallbackHandler):
                 run = _Run(None, otel_context.get_current(), "unknown")
                 self._runs[run_id] = run
         if short == "search_started":
-            claim_run(engine_run)
+            claim_run(engine_run, self)
             if run.span is not None and run.kind == "model":
                 search = SearchTrace(
                     self.tracer, data, parent=run.ctx, start_ns=now, capture_content=False, attach_to=run.span

@@ -24,7 +24,7 @@ from opentelemetry.context import Context
 from ig_middleware.events import GuardEvent, SearchFinished, SearchStarted, event_name, event_to_dict
 
 from . import attributes as A
-from ._trace import SearchTrace, dispatch, is_claimed
+from ._trace import SearchTrace, claim_run, claimed_by, dispatch, is_foreign_model_span
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,24 @@ def _version() -> str:
         return "0"
 
 
-class _Pending:
-    __slots__ = ("event", "parent", "start_ns")
+def sdk_disabled_from_env() -> bool:
+    """``OTEL_SDK_DISABLED`` is true."""
+    return os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE
 
-    def __init__(self, event: SearchStarted, parent: Context, start_ns: int) -> None:
-        self.event, self.parent, self.start_ns = event, parent, start_ns
+
+def disabled_from_env() -> bool:
+    """``OTEL_SDK_DISABLED`` is true, or ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS`` names this package."""
+    if sdk_disabled_from_env():
+        return True
+    names = {n.strip() for n in os.environ.get("OTEL_PYTHON_DISABLED_INSTRUMENTATIONS", "").split(",")}
+    return bool(names & A.INSTRUMENTATION_ALIASES)
+
+
+class _Pending:
+    __slots__ = ("event", "parent", "start_ns", "foreign")
+
+    def __init__(self, event: SearchStarted, parent: Context, start_ns: int, foreign: bool) -> None:
+        self.event, self.parent, self.start_ns, self.foreign = event, parent, start_ns, foreign
 
 
 class GuardTracer:
@@ -59,16 +72,22 @@ class GuardTracer:
         tracer_provider: an SDK ``TracerProvider``; default the global one (no-op until configured).
         capture_content: record the prompt and the answer (``gen_ai.input.messages`` /
             ``gen_ai.output.messages``) and committed text. Default: the
-            ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` environment variable, else off.
+            ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` environment variable (read per search),
+            else off.
         parent_context: a fixed parent for every search (otherwise: the context registered for the run
             with :meth:`set_parent`/:meth:`context_kwargs`, else the current context at ``SearchStarted``,
             which the engine emits in the thread that runs the search).
         max_open_runs: searches kept open at once; the oldest is ended (status ERROR) beyond this, so a
             search that never finished (an abandoned stream) does not leak.
+        auto: the zero-code tracer every engine gets (:func:`auto_observer`): it yields each run to any
+            other tracer of it, where an explicit one claims the run.
 
-    The inference span of a run is created at its second event (with the ``SearchStarted`` time as start),
-    so that a LangChain :class:`~ig_middleware.telemetry.langchain.OpenTelemetryCallbackHandler` that sees
-    the same run can claim it: then only the handler's spans are produced, never both.
+    One run gets one set of spans. The inference span is created at the run's second event (with the
+    ``SearchStarted`` time as start), so that whoever claims the run by then wins: a LangChain
+    :class:`~ig_middleware.telemetry.langchain.OpenTelemetryCallbackHandler` over an explicit tracer, an
+    explicit tracer over the automatic one. When another instrumentation's model span (OpenLLMetry,
+    OpenInference, GenAI conventions) is current, only the safety span ``inferenceguard.search`` is made
+    under it, not a second inference span.
     """
 
     def __init__(
@@ -78,10 +97,13 @@ class GuardTracer:
         capture_content: bool | None = None,
         parent_context: Context | None = None,
         max_open_runs: int = 1024,
+        auto: bool = False,
     ) -> None:
         self.tracer_provider = tracer_provider
+        # without a provider this is the API's proxy: it follows the global provider once one is set
         self.tracer = trace.get_tracer(A.INSTRUMENTATION_NAME, _version(), tracer_provider=tracer_provider)
-        self.capture_content = capture_content_from_env() if capture_content is None else bool(capture_content)
+        self.capture_content = capture_content if capture_content is None else bool(capture_content)
+        self.auto = auto
         self.parent_context = parent_context
         self.max_open_runs = max_open_runs
         self._lock = threading.Lock()
@@ -126,11 +148,14 @@ class GuardTracer:
                 self._runs.pop(rid, None)
 
     def _started(self, event: SearchStarted, now: int) -> None:
+        if not self.auto:
+            claim_run(event.run_id, self)
         with self._lock:
             parent = self._parents.pop(event.run_id, None)
             if parent is None:
                 parent = self.parent_context if self.parent_context is not None else otel_context.get_current()
-            self._runs[event.run_id] = _Pending(event, parent, now)
+            foreign = is_foreign_model_span(trace.get_current_span(parent))
+            self._runs[event.run_id] = _Pending(event, parent, now, foreign)
             evicted = []
             while len(self._runs) > self.max_open_runs:
                 evicted.append(self._runs.popitem(last=False)[1])
@@ -143,15 +168,18 @@ class GuardTracer:
             if self._runs.get(rid) is not pending:
                 state = self._runs.get(rid)
                 return state if isinstance(state, SearchTrace) else None
-            if is_claimed(rid):  # a LangChain handler traces this run
+            owner = claimed_by(rid)
+            if owner is not None and owner != id(self):  # traced by a handler or an explicit tracer
                 self._runs.pop(rid, None)
                 return None
+            capture = capture_content_from_env() if self.capture_content is None else self.capture_content
             state = SearchTrace(
                 self.tracer,
                 event_to_dict(pending.event),
                 parent=pending.parent,
                 start_ns=pending.start_ns,
-                capture_content=self.capture_content,
+                capture_content=capture,
+                mode="search" if pending.foreign else "chat",
             )
             if not state.recording:  # no-op tracer / not sampled: nothing more to do for this run
                 self._runs.pop(rid, None)
@@ -177,12 +205,22 @@ class GuardTracer:
 InstrumentedObserver = GuardTracer
 
 
+def auto_observer(tracer_provider: trace.TracerProvider | None = None, **_: Any) -> GuardTracer | None:
+    """The engine's default tracer (entry point ``ig_middleware.observers:otel``): spans through the
+    global provider, or ``tracer_provider``; None (no observer at all) when the environment turns
+    OpenTelemetry or this instrumentation off (:func:`disabled_from_env`)."""
+    if disabled_from_env():
+        return None
+    return GuardTracer(tracer_provider, auto=True)
+
+
 def instrument(
     engine: Any, tracer_provider: trace.TracerProvider | None = None, *, capture_content: bool | None = None
 ) -> GuardTracer:
-    """Add a :class:`GuardTracer` to ``engine`` (idempotent: an existing one is returned)."""
+    """Add a :class:`GuardTracer` to ``engine`` (idempotent: an explicit one with the same provider is
+    returned). The engine's automatic tracer stays and yields every run to it."""
     for obs in getattr(engine, "observers", ()):
-        if isinstance(obs, GuardTracer) and obs.tracer_provider is tracer_provider:
+        if isinstance(obs, GuardTracer) and not obs.auto and obs.tracer_provider is tracer_provider:
             return obs
     tracer = GuardTracer(tracer_provider, capture_content=capture_content)
     engine.add_observer(tracer)
@@ -190,8 +228,8 @@ def instrument(
 
 
 def uninstrument(engine: Any) -> None:
-    """Remove every :class:`GuardTracer` from ``engine``."""
-    for obs in [o for o in engine.observers if isinstance(o, GuardTracer)]:
+    """Remove the tracers :func:`instrument` added (the automatic one stays: ``telemetry=False`` is its switch)."""
+    for obs in [o for o in engine.observers if isinstance(o, GuardTracer) and not o.auto]:
         engine.observers.remove(obs)
         obs.close()
 
@@ -270,7 +308,7 @@ def configure_from_env(*, service_name: str = "ig-middleware", set_global: bool 
     current = trace.get_tracer_provider()
     if set_global and type(current).__module__.startswith("opentelemetry.sdk"):
         return current
-    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
+    if sdk_disabled_from_env():
         return None
     names = [n.strip().lower() for n in os.environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
     if not names:
