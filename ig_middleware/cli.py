@@ -140,8 +140,18 @@ DELEGATED = {
 }
 
 
+def _configure_tracing() -> None:
+    """The standard ``OTEL_*`` variables (e.g. ``OTEL_EXPORTER_OTLP_ENDPOINT``) turn span export on, as in any
+    instrumented application; without them nothing changes."""
+    from .telemetry import configure_from_env
+
+    configure_from_env(service_name="ig-guard")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in ("-h", "--help"):
+        _configure_tracing()
     if argv and argv[0] in DELEGATED:
         return int(importlib.import_module(DELEGATED[argv[0]]).main(argv[1:]) or 0)
     parser = argparse.ArgumentParser(prog="ig-guard", description="InferenceGuard: almost surely safe decoding.")

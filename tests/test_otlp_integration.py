@@ -4,9 +4,12 @@ Skipped unless Phoenix is installed (own virtual environment, kept out of the pr
 
     python -m venv /opt/phoenix-venv && /opt/phoenix-venv/bin/pip install arize-phoenix
 
-Found via ``$PHOENIX_BIN``, ``phoenix`` on PATH, or ``/opt/phoenix-venv/bin/phoenix``. The test starts its
-own Phoenix on free localhost ports (offline, temporary working directory), or uses a running one given by
-``IG_PHOENIX_URL``. No model runs: a search's engine events are replayed through the GuardTracer.
+Found via ``$PHOENIX_BIN``, ``phoenix`` on PATH, or ``/opt/phoenix-venv/bin/phoenix``. The tests start their
+own Phoenix on free localhost ports (offline, temporary working directory), or use a running one given by
+``IG_PHOENIX_URL`` (``.ci/run`` starts one in its own virtual environment and sets ``IG_REQUIRE_PHOENIX=1``, so
+there a missing Phoenix fails instead of skipping). One test replays a search's engine events through the
+GuardTracer (every attribute checked); one runs ``ig-guard generate`` on the real default model with nothing
+but the standard ``OTEL_*`` variables set (zero-code spans).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -65,11 +69,15 @@ def phoenix_url():
     url = os.environ.get("IG_PHOENIX_URL")
     if url:
         if not _ready(url.rstrip("/")):
+            if os.environ.get("IG_REQUIRE_PHOENIX") == "1":
+                pytest.fail(f"IG_PHOENIX_URL={url} does not answer")
             pytest.skip(f"IG_PHOENIX_URL={url} does not answer")
         yield url.rstrip("/")
         return
     binary = _phoenix_bin()
     if binary is None:
+        if os.environ.get("IG_REQUIRE_PHOENIX") == "1":
+            pytest.fail(f"IG_REQUIRE_PHOENIX=1 but Arize Phoenix is not installed (install: {INSTALL})")
         pytest.skip(f"Arize Phoenix is not installed (install: {INSTALL})")
     port, grpc_port = _free_port(), _free_port()
     workdir = tempfile.mkdtemp(prefix="ig-phoenix-")
@@ -127,6 +135,20 @@ def _replay(guard: GuardTracer, run_id: str) -> None:
     guard(SearchFinished(run_id, result))
 
 
+def _spans(phoenix_url: str, project: str, at_least: int, timeout_s: float = 30) -> list[dict]:
+    spans: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:  # ingestion is asynchronous
+        try:
+            spans = _get(f"{phoenix_url}/v1/projects/{project}/spans?limit=100")["data"]
+        except urllib.error.HTTPError:  # the project appears with its first span
+            spans = []
+        if len(spans) >= at_least:
+            break
+        time.sleep(0.5)
+    return spans
+
+
 def test_safety_spans_round_trip_through_phoenix(phoenix_url):
     project = f"ig-test-{uuid.uuid4().hex[:8]}"
     provider = make_tracer_provider(
@@ -137,16 +159,7 @@ def test_safety_spans_round_trip_through_phoenix(phoenix_url):
     assert provider.force_flush(10_000)
     provider.shutdown()
 
-    spans: list[dict] = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:  # ingestion is asynchronous
-        try:
-            spans = _get(f"{phoenix_url}/v1/projects/{project}/spans?limit=100")["data"]
-        except urllib.error.HTTPError:  # the project appears with its first span
-            spans = []
-        if len(spans) >= 3:
-            break
-        time.sleep(0.5)
+    spans = _spans(phoenix_url, project, 3)
     names = sorted(s["name"] for s in spans)
     assert names == ["chat smollm2-135m-instruct", A.SPAN_BLOCK, A.SPAN_BLOCK], names
     chat = next(s for s in spans if s["name"].startswith("chat "))
@@ -175,3 +188,36 @@ def test_safety_spans_round_trip_through_phoenix(phoenix_url):
     assert ev[A.GEN_AI_EVALUATION_NAME] == A.EVALUATION_NAME
     assert ev[A.GEN_AI_EVALUATION_SCORE_LABEL] == A.LABEL_SAFETY_FALLBACK
     assert ev[A.GEN_AI_EVALUATION_SCORE_VALUE] == pytest.approx(0.6)
+
+
+@pytest.mark.real_model
+def test_zero_code_spans_of_the_cli_reach_phoenix(phoenix_url):
+    """Nothing but the standard variables: the real model's guarded answer arrives as chat + block spans."""
+    project = f"ig-zero-code-{uuid.uuid4().hex[:8]}"
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": phoenix_url,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_RESOURCE_ATTRIBUTES": f"{A.PHOENIX_PROJECT}={project}",
+    }
+    for var in ("OTEL_SDK_DISABLED", "OTEL_TRACES_EXPORTER", "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"):
+        env.pop(var, None)
+    cmd = [sys.executable, "-m", "ig_middleware.cli", "generate", "Name one kind of tea.", "-q",
+           "--max-new-tokens", "16", "-N", "4", "-K", "2", "-B", "8"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stderr.split("[guarded] ", 1)[1].splitlines()[0])
+
+    spans = _spans(phoenix_url, project, 3)
+    chats = [s for s in spans if s["name"] == "chat smollm2-135m-instruct"]
+    assert len(chats) == 1, sorted(s["name"] for s in spans)
+    chat = chats[0]
+    blocks = [s for s in spans if s["name"] == A.SPAN_BLOCK]
+    assert 1 <= len(blocks) <= 2 and all(b["parent_id"] == chat["context"]["span_id"] for b in blocks)
+    attrs = chat["attributes"]
+    assert attrs[A.IG_SAFETY_STATE] == pytest.approx(summary["safety_state"], abs=1e-3)
+    assert attrs[A.IG_BUDGET] == pytest.approx(summary["budget"])
+    assert A.GEN_AI_OUTPUT_MESSAGES not in attrs  # content capture was not opted into
+    ev = next(e for e in chat["events"] if e["name"] == A.EVENT_EVALUATION_RESULT)["attributes"]
+    label = A.LABEL_SAFETY_FALLBACK if summary["fallback_reason"] else A.LABEL_WITHIN_BUDGET
+    assert ev[A.GEN_AI_EVALUATION_SCORE_LABEL] == label

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Arize Phoenix for CI and local use, in its own virtual environment (never the project's).
+#
+#   integrations/observability/phoenix.sh install   # venv at $IG_VENVS/phoenix (pinned version; reused if present)
+#   integrations/observability/phoenix.sh start     # background server on 127.0.0.1:$PHOENIX_PORT, waits until ready
+#   integrations/observability/phoenix.sh stop      # terminates it (and removes its temporary data)
+#   integrations/observability/phoenix.sh url       # prints the base URL (OTLP/HTTP: <url>/v1/traces)
+#
+# Offline: usage telemetry is off, data lives in a temporary working directory.
+set -euo pipefail
+
+PHOENIX_VERSION="${PHOENIX_VERSION:-20.26.1}"
+IG_VENVS="${IG_VENVS:-$HOME/.cache/ig_middleware/venvs}"
+VENV="$IG_VENVS/phoenix"
+PORT="${PHOENIX_PORT:-6006}"
+GRPC_PORT="${PHOENIX_GRPC_PORT:-4317}"
+STATE="${IG_PHOENIX_STATE:-${TMPDIR:-/tmp}/ig-phoenix-$PORT}"
+URL="http://127.0.0.1:$PORT"
+
+ready() { curl -sf -o /dev/null "$URL/v1/projects"; }
+
+case "${1:-}" in
+  install)
+    have="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("arize-phoenix"))' 2>/dev/null || true)"
+    if [ -x "$VENV/bin/phoenix" ] && [ "$have" = "$PHOENIX_VERSION" ]; then
+      echo "phoenix $PHOENIX_VERSION already in $VENV"
+      exit 0
+    fi
+    python -m venv "$VENV"
+    "$VENV/bin/pip" install -q "arize-phoenix==$PHOENIX_VERSION" 2> >(grep -v "^WARNING: Location" >&2)
+    echo "phoenix $PHOENIX_VERSION installed in $VENV"
+    ;;
+  start)
+    [ -x "$VENV/bin/phoenix" ] || { echo "phoenix not installed: $0 install" >&2; exit 1; }
+    if ready; then echo "phoenix already answers on $URL" >&2; exit 1; fi
+    mkdir -p "$STATE"
+    work="$(mktemp -d -t ig-phoenix-data-XXXXXX)"
+    echo "$work" >"$STATE/workdir"
+    PHOENIX_HOST=127.0.0.1 PHOENIX_PORT="$PORT" PHOENIX_GRPC_PORT="$GRPC_PORT" PHOENIX_WORKING_DIR="$work" \
+      PHOENIX_TELEMETRY_ENABLED=false DO_NOT_TRACK=1 \
+      nohup "$VENV/bin/phoenix" serve >"$STATE/phoenix.log" 2>&1 &
+    echo $! >"$STATE/pid"
+    for _ in $(seq 1 "${PHOENIX_STARTUP_TIMEOUT:-180}"); do
+      if ready; then echo "phoenix up on $URL (pid $(cat "$STATE/pid"))"; exit 0; fi
+      if ! kill -0 "$(cat "$STATE/pid")" 2>/dev/null; then
+        echo "phoenix exited; log:" >&2; tail -n 40 "$STATE/phoenix.log" >&2; exit 1
+      fi
+      sleep 1
+    done
+    echo "phoenix did not answer within ${PHOENIX_STARTUP_TIMEOUT:-180}s; log:" >&2
+    tail -n 40 "$STATE/phoenix.log" >&2
+    exit 1
+    ;;
+  stop)
+    if [ -f "$STATE/pid" ]; then
+      pid="$(cat "$STATE/pid")"
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+      kill -9 "$pid" 2>/dev/null || true
+      [ -f "$STATE/workdir" ] && rm -rf "$(cat "$STATE/workdir")"
+      rm -rf "$STATE"
+      echo "phoenix stopped"
+    fi
+    ;;
+  url)
+    echo "$URL"
+    ;;
+  *)
+    echo "usage: $0 install|start|stop|url" >&2
+    exit 2
+    ;;
+esac
