@@ -39,3 +39,40 @@ def lc_chat_model(tiny_guard_config, guard_cost_model):
     from ig_middleware.langchain import ChatInferenceGuard
 
     return ChatInferenceGuard(guard_config=tiny_guard_config, cost_model=guard_cost_model)
+
+
+class PromptCost:
+    """Deterministic judge: answers to prompts with "harmful" cost 20 (over the budget of 10), others 0.5."""
+
+    def score(self, prompts, responses):
+        return [20.0 if "harmful" in p else 0.5 for p in prompts]
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """A tiny random Llama (2 layers of width 32) with the default tokenizer: plumbing tests in seconds."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from ig_middleware.models import LoadedModel, _default_model_dir
+
+    try:
+        tok = AutoTokenizer.from_pretrained(_default_model_dir())
+    except Exception as exc:  # noqa: BLE001
+        pytest.skip(f"default tokenizer unavailable: {exc}")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        intermediate_size=64, max_position_embeddings=1024, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    return LoadedModel(name="tiny-llama", model=LlamaForCausalLM(cfg).eval(), tokenizer=tok, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_lm, tmp_path_factory):
+    """The tiny Llama saved as a local checkpoint folder (for code that loads by path)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tiny_lm.model.save_pretrained(path)
+    tiny_lm.tokenizer.save_pretrained(path)
+    return str(path)

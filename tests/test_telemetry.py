@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 import pytest
-import torch
+from conftest import PromptCost
 from langchain_core.callbacks import CallbackManager, dispatch_custom_event
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, HumanMessage
@@ -25,7 +25,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NoOpTracerProvider
 
 from ig_middleware import GuardConfig, GuardedEngine, event_name, event_to_dict
-from ig_middleware.models import LoadedModel
 from ig_middleware.telemetry import GuardTracer, configure_from_env, instrument, uninstrument
 from ig_middleware.telemetry import attributes as A
 from ig_middleware.telemetry.langchain import OpenTelemetryCallbackHandler
@@ -34,32 +33,6 @@ SMALL = dict(num_candidates=2, num_beams=1, block_size=4, max_new_tokens=8, seed
 
 
 # -- fixtures ---------------------------------------------------------------------------------------------
-class PromptCost:
-    """Deterministic judge: answers to prompts with "harmful" cost 20 (over the budget of 10), others 0.5."""
-
-    def score(self, prompts, responses):
-        return [20.0 if "harmful" in p else 0.5 for p in prompts]
-
-
-@pytest.fixture(scope="module")
-def tiny_lm() -> LoadedModel:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from ig_middleware.models import _default_model_dir
-
-    try:
-        tok = AutoTokenizer.from_pretrained(_default_model_dir())
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"default tokenizer unavailable: {exc}")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        intermediate_size=64, max_position_embeddings=1024, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-    return LoadedModel(name="tiny-llama", model=LlamaForCausalLM(cfg).eval(), tokenizer=tok, device=torch.device("cpu"))
-
-
 @pytest.fixture
 def otel() -> tuple[TracerProvider, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
@@ -562,14 +535,6 @@ def test_real_default_model_spans(otel):
 
 
 # -- the package's chat model (the real dispatch contract) ----------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_model_dir(tiny_lm, tmp_path_factory):
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tiny_lm.model.save_pretrained(path)
-    tiny_lm.tokenizer.save_pretrained(path)
-    return str(path)
-
-
 async def test_chat_inference_guard_spans_sync_stream_async(tiny_model_dir, otel):
     chat_model = pytest.importorskip("ig_middleware.langchain.chat_model")
     provider, exporter = otel
