@@ -132,6 +132,39 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    try:
+        from .server import ServerSettings, serve
+    except ImportError as exc:
+        print(f"ig-guard serve needs the serve extra: pip install 'ig-middleware[serve]' ({exc})", file=sys.stderr)
+        return 2
+    flags = {
+        "host": args.host, "port": args.port, "model": args.model, "served_model_name": args.served_model_name,
+        "device": args.device, "max_running": args.max_running, "max_queue": args.max_queue,
+        "queue_timeout_s": args.queue_timeout, "request_timeout_s": args.request_timeout,
+        "max_body_bytes": args.max_body_bytes, "api_key_file": args.api_key_file,
+        "graceful_shutdown_s": args.graceful_shutdown, "log_level": args.log_level,
+    }  # fmt: skip
+    try:
+        cfg = _config(args)
+        settings = ServerSettings.from_env(**flags, guard_config=cfg)
+        settings.all_api_keys()  # a key file that cannot be read fails now, not at the first request
+    except (ValidationError, ValueError) as exc:
+        print(f"ig-guard serve: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    engine = GuardedEngine(
+        settings.model,
+        cost_model=KeywordCostModel() if args.cost_model == "keyword" else None,
+        critic=None if args.no_critic else "auto",
+        config=cfg,
+        device=settings.device,
+    )
+    serve(settings, engine=engine)
+    return 0
+
+
 # Subcommands whose options are parsed by their own module's ``main(argv)``.
 DELEGATED = {
     "train-cost-model": "ig_middleware.training.train_judge",
@@ -167,6 +200,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--otlp", metavar="ENDPOINT", help="send a traced guarded conversation to an OTLP endpoint")
     _add_search_args(demo)
     demo.set_defaults(func=cmd_demo)
+    srv = sub.add_parser("serve", help="an OpenAI-compatible HTTP server answering through the guarded search")
+    srv.add_argument("--host", help="bind address (default 127.0.0.1; env IG_SERVE_HOST)")
+    srv.add_argument("--port", type=int, help="default 8000")
+    srv.add_argument("--served-model-name", help="the model name clients send (default: --model)")
+    srv.add_argument("--max-running", type=int, help="searches at once (default 1)")
+    srv.add_argument("--max-queue", type=int, help="requests waiting for a search; beyond: 429 (default 16)")
+    srv.add_argument("--queue-timeout", type=float, help="seconds a request may wait for a search (default 60)")
+    srv.add_argument("--request-timeout", type=float, help="deadline of one search; fails closed (default 120)")
+    srv.add_argument("--max-body-bytes", type=int, help="request body limit (default 1000000)")
+    srv.add_argument("--api-key-file", help="Bearer keys, one a line (also env IG_SERVE_API_KEYS, comma-separated)")
+    srv.add_argument("--graceful-shutdown", type=float, help="seconds running requests get on SIGTERM (default 30)")
+    srv.add_argument("--log-level", help="uvicorn log level (default info)")
+    _add_search_args(srv)
+    srv.set_defaults(func=cmd_serve, model=None, seed=None, max_new_tokens=None)
     for name in DELEGATED:
         sub.add_parser(name, help=f"see `ig-guard {name} --help`")
     args = parser.parse_args(argv)
