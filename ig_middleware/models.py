@@ -44,15 +44,23 @@ class LoadedModel:
     """A causal LM with its tokenizer. ``lock`` serialises forward passes of concurrent searches."""
 
     name: str
-    model: Any
+    model: Any  # None for a tokenizer-only view of a model served elsewhere (load_tokenizer_only)
     tokenizer: Any
     device: torch.device
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    config: Any = field(default=None, repr=False)  # the model's config when there is no model object
+    generation_config: Any = field(default=None, repr=False)
+    max_context: int | None = None  # a server's own context limit, when smaller than the config's
+
+    @property
+    def model_config(self) -> Any:
+        return self.model.config if self.model is not None else self.config
 
     @property
     def eos_token_ids(self) -> list[int]:
         ids: set[int] = set()
-        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        gen = self.model.generation_config if self.model is not None else self.generation_config
+        eos = getattr(gen, "eos_token_id", None)
         for value in (eos, self.tokenizer.eos_token_id):
             if isinstance(value, int):
                 ids.add(value)
@@ -64,14 +72,14 @@ class LoadedModel:
     def context_length(self) -> int | None:
         """Tokens the model attends over (prompt + answer), from its config; ``None`` if it does not say."""
         for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
-            value = getattr(self.model.config, key, None)
+            value = getattr(self.model_config, key, None)
             if isinstance(value, int) and value > 0:
-                return value
-        return None
+                return min(value, self.max_context) if self.max_context else value
+        return self.max_context
 
     @property
     def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
+        return int(self.model_config.hidden_size)
 
     @functools.cached_property
     def cache_kwarg(self) -> str:
@@ -126,10 +134,36 @@ def default_gguf_path() -> Path:
     return path
 
 
+_CACHE_FORMAT = "2"  # 2: tied embeddings stored as model.embed_tokens.weight (a checkpoint vLLM serves as is)
+_CACHE_MARKER = "ig-cache-format"
+
+
+def save_checkpoint(model: Any, config: Any, path: Path) -> None:
+    """Write ``model`` as a plain Hugging Face safetensors checkpoint.
+
+    Tied weights are stored once, under the input embedding's name, as ``save_pretrained`` does: loaders
+    that do not re-tie (vLLM) then find ``model.embed_tokens.weight`` instead of only ``lm_head.weight``.
+    """
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    if getattr(config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    seen: dict[int, str] = {}
+    tensors = {}
+    for name, tensor in state.items():
+        if tensor.data_ptr() in seen:  # another tied pair: keep the first name
+            continue
+        seen[tensor.data_ptr()] = name
+        tensors[name] = tensor.detach().contiguous()
+    save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
+
+
 def _default_model_dir() -> Path:
     """Dequantise the embedded GGUF once into a safetensors checkpoint in the cache; return its folder."""
     target = cache_dir() / "models" / DEFAULT_MODEL
-    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+    marker = target / _CACHE_MARKER
+    if (target / "config.json").is_file() and marker.is_file() and marker.read_text().strip() == _CACHE_FORMAT:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -141,21 +175,62 @@ def _default_model_dir() -> Path:
     try:
         # transformers refuses save_pretrained on a GGUF-loaded model; the weights are plain float32
         # tensors by now, so write them and a config without the quantisation marker.
-        from safetensors.torch import save_model
-
         config = model.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config
         config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
-        save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_checkpoint(model, config, tmp)
         tok.save_pretrained(tmp)
+        (tmp / _CACHE_MARKER).write_text(_CACHE_FORMAT)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)  # atomic: a crashed first load never leaves a half-written cache
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def export_model(target: str | Path, source: str = DEFAULT_MODEL) -> Path:
+    """Write ``source`` (the embedded default, a folder or a HF id) as a self-contained Hugging Face
+    checkpoint in ``target`` (config, safetensors, tokenizer with its chat template) that other servers
+    (vLLM, TGI, llama.cpp's converters) load as is. ``target`` must not exist or be empty."""
+    out = Path(target)
+    if out.exists() and any(out.iterdir()):
+        raise InvalidInputError("target", f"{out} exists and is not empty")
+    if source == DEFAULT_MODEL:
+        shutil.copytree(_default_model_dir(), out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(_CACHE_MARKER))
+        return out
+    lm = load_model(source)
+    out.mkdir(parents=True, exist_ok=True)
+    lm.model.config.save_pretrained(out)
+    lm.model.generation_config.save_pretrained(out)
+    save_checkpoint(lm.model, lm.model.config, out)
+    lm.tokenizer.save_pretrained(out)
+    return out
+
+
+def load_tokenizer_only(source: str = DEFAULT_MODEL, name: str | None = None) -> LoadedModel:
+    """Tokenizer, chat template and config of ``source`` without its weights: what the search needs of a
+    model that is served elsewhere (:class:`~ig_middleware.remote.OpenAICompletionsBackend`)."""
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    try:
+        path: str | Path = _default_model_dir() if source == DEFAULT_MODEL else source
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path)
+        try:
+            generation = GenerationConfig.from_pretrained(path)
+        except OSError:  # no generation_config.json: the model config's EOS is used
+            generation = GenerationConfig.from_model_config(config)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(source, f"{type(exc).__name__}: {exc}") from exc
+    return LoadedModel(
+        name=name or source, model=None, tokenizer=tokenizer, device=torch.device("cpu"), config=config,
+        generation_config=generation,
+    )  # fmt: skip
 
 
 _CACHE: dict[tuple[str, str, str], LoadedModel] = {}

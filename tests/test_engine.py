@@ -171,6 +171,28 @@ def test_missing_model_is_a_load_error():
         load_model("/does/not/exist")
 
 
+@pytest.mark.real_model
+def test_exported_checkpoint_is_a_plain_hf_checkpoint(tmp_path):
+    """``ig-guard export-model``: tied embeddings under model.embed_tokens.weight (what vLLM reads), same logits."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from ig_middleware.models import export_model
+
+    out = export_model(tmp_path / "smollm2")
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "model.embed_tokens.weight" in keys and "lm_head.weight" not in keys
+    assert (out / "tokenizer.json").is_file() and (out / "chat_template.jinja").is_file()
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    lm = load_model()
+    ids = torch.tensor([lm.encode("The capital of France is")])
+    with torch.inference_mode():
+        assert torch.allclose(exported(input_ids=ids).logits, lm.model(input_ids=ids).logits, atol=1e-5)
+    with pytest.raises(InvalidInputError, match="not empty"):
+        export_model(out)
+
+
 # -- decoding correctness -----------------------------------------------------------------------------
 def _reference_greedy(lm, prompt_ids, n):
     """Greedy decoding recomputing the whole sequence each step (no KV cache)."""
