@@ -42,9 +42,9 @@ from .events import (
 from .judges import CostModel, RewardModel
 from .models import DEFAULT_MODEL, LoadedModel, Message, load_model, validate_messages
 from .result import FallbackReason, GuardResult, Timings
+from .sampling import BackendError, BlockSample, LocalBackend, Sampler, SamplingBackend
 
 Prompt = str | Sequence[Message]
-_TOP_K = 256  # candidates per step considered by nucleus sampling
 
 
 class Critic(Protocol):
@@ -101,6 +101,9 @@ class GuardedEngine:
             i.e. OpenTelemetry spans through the global tracer provider (a no-op until the application
             configures an SDK). ``False`` turns them off.
         tracer_provider: handed to the plugins: the OpenTelemetry provider to use instead of the global one.
+        backend: where candidates are sampled (:mod:`ig_middleware.sampling`): default the local
+            transformers model named by ``model``; e.g. :class:`~ig_middleware.remote.OpenAICompletionsBackend`
+            for a vLLM server (then ``model`` only names it and the latent critic is off).
     """
 
     def __init__(
@@ -116,9 +119,12 @@ class GuardedEngine:
         observers: Sequence[Observer] = (),
         telemetry: bool = True,
         tracer_provider: Any = None,
+        backend: SamplingBackend | None = None,
     ) -> None:
-        self._model = model if isinstance(model, LoadedModel) else None
-        self.model_name = model.name if isinstance(model, LoadedModel) else model
+        if backend is None and isinstance(model, LoadedModel):
+            backend = LocalBackend(model)
+        self._backend = backend
+        self.model_name = backend.lm.name if backend is not None else str(model)
         self.device, self.dtype = device, dtype
         self._cost_model = cost_model
         self.reward_model = reward_model
@@ -132,13 +138,18 @@ class GuardedEngine:
 
     # -- lazy parts -------------------------------------------------------------------------------
     @property
-    def lm(self) -> LoadedModel:
-        """The language model, loaded on first use."""
-        if self._model is None:
+    def backend(self) -> SamplingBackend:
+        """Where candidates are sampled; the local model is loaded on first use."""
+        if self._backend is None:
             with self._init_lock:
-                if self._model is None:
-                    self._model = load_model(self.model_name, device=self.device, dtype=self.dtype)
-        return self._model
+                if self._backend is None:
+                    self._backend = LocalBackend(load_model(self.model_name, device=self.device, dtype=self.dtype))
+        return self._backend
+
+    @property
+    def lm(self) -> LoadedModel:
+        """The language model (for a remote backend: its tokenizer and config)."""
+        return self.backend.lm
 
     @property
     def cost_model(self) -> CostModel:
@@ -275,7 +286,7 @@ class GuardedEngine:
             streaming=streaming,
             cancel=cancel,
         )
-        with lm.lock:
+        with self.backend.lock():
             yield from run.execute()
 
     @staticmethod
@@ -318,7 +329,13 @@ class _Run:
         self.timings = Timings()
         self.generator = torch.Generator().manual_seed(cfg.seed) if cfg.seed is not None else None
         self.eos = lm.eos_token_ids
-        self.use_critic = bool(cfg.use_critic and engine.critic is not None and cfg.method == "inferenceguard")
+        # the latent critic reads hidden states, which only an in-process backend has
+        self.use_critic = bool(
+            cfg.use_critic
+            and cfg.method == "inferenceguard"
+            and engine.backend.hidden_states
+            and engine.critic is not None
+        )
         # Baselines without a safety signal and without the guarantee need the judge only for the report.
         self.judge_in_search = cfg.method == "inferenceguard" or cfg.safety_mode != "none" or cfg.enforce_budget
         self.candidates_sampled = self.sampled_tokens = self.judge_calls = self.critic_calls = 0
@@ -349,6 +366,7 @@ class _Run:
                 initial_safety_state=self.z0,
                 config=cfg.model_dump(mode="json"),
                 prompt=self.judge_prompt,
+                backend=self.engine.backend.name,
             )
         )
         try:
@@ -394,43 +412,38 @@ class _Run:
             model=self.lm.name,
             method=self.cfg.method,
             run_id=self.run_id,
+            backend=self.engine.backend.name,
+            critic_used=self.use_critic,
             hidden_states=torch.stack(beam.hidden) if beam.hidden else None,
             block_texts=list(beam.texts),
         )
 
     def _search(self) -> Iterator[GuardChunk]:
         """Generator of committed chunks; returns the selected beam."""
-        cfg, model = self.cfg, self.lm.model
+        cfg = self.cfg
         n_cand, n_beams, block = cfg.search_shape()
         t = time.perf_counter()
-        with torch.inference_mode():
-            out = model(input_ids=torch.tensor([self.prompt_ids], device=self.lm.device), use_cache=True)
+        sampler = self._open_sampler()
         self.timings.prefill_s = time.perf_counter() - t
-        cache = out.cache if "cache" in out else out.past_key_values
         root = _Beam([], "", self.z0, 0.0, 0.0, 0.0, 0.0)
         active: list[_Beam] = [root]
-        logits = out.logits[:, -1, :].float()  # next-token logits, one row per active beam
         finished: list[_Beam] = []
         block_index = 0
         while active:
-            self._check_time()
+            self.check_time()
             per_beam = max(1, math.ceil(n_cand / len(active)))
-            parents = torch.arange(len(active)).repeat_interleave(per_beam)
-            cache.reorder_cache(parents.to(self.lm.device))
-            budget_left = cfg.max_new_tokens - len(active[0].tokens)
-            steps = min(block, budget_left)
-            penalty = torch.zeros(logits.shape[-1])
-            added = 0
+            parents = [i for i in range(len(active)) for _ in range(per_beam)]
+            steps = min(block, cfg.max_new_tokens - len(active[0].tokens))
+            penalty: dict[int, float] = {}  # logit down-weight of tokens seen in unsafe candidates
             for attempt in range(cfg.max_retries + 1 if cfg.method == "inferenceguard" else 1):
-                if attempt:
-                    cache.crop(-added)  # back to the block start: resample from the same rows
-                cands, new_logits, added = self._sample_block(active, parents, logits[parents], cache, steps, penalty)
+                cands = self._sample_block(sampler, active, parents, steps, penalty, resample=attempt > 0)
                 kept, unsafe_tokens = self._evaluate(cands, block_index, attempt)
                 if kept or cfg.method != "inferenceguard":
                     break
                 if attempt < cfg.max_retries:
                     self.resamples += 1
-                    penalty[list(unsafe_tokens - set(self.eos))] += cfg.resample_penalty
+                    for token in unsafe_tokens - set(self.eos):
+                        penalty[token] = penalty.get(token, 0.0) + cfg.resample_penalty
                     self.emit(Resampled(self.run_id, block_index, attempt + 1, len(unsafe_tokens)))
             self.blocks += 1
             block_index += 1
@@ -445,68 +458,42 @@ class _Run:
             if self.streaming:
                 pool = yield from self._commit(pool, block_index)
             finished = [b for b in pool if b.finished]
-            next_active = [b for b in pool if not b.finished]
-            rows = torch.tensor([b._row for b in next_active])  # type: ignore[attr-defined]
-            cache.reorder_cache(rows.to(self.lm.device))
-            logits = new_logits[rows]
-            active = next_active
+            active = [b for b in pool if not b.finished]
+            sampler.retain([b._row for b in active])  # type: ignore[attr-defined]
         return max(finished, key=lambda b: b.score)
 
     # -- one block --------------------------------------------------------------------------------
+    def _open_sampler(self) -> Sampler:
+        try:
+            return self.engine.backend.open(self.prompt_ids, self)
+        except BackendError as exc:
+            raise _FailClosed("backend_error", str(exc)) from exc
+
     def _sample_block(
         self,
+        sampler: Sampler,
         active: list[_Beam],
-        parents: torch.Tensor,
-        logits: torch.Tensor,
-        cache: Any,
+        parents: list[int],
         steps: int,
-        penalty: torch.Tensor,
-    ) -> tuple[list[_Beam], torch.Tensor, int]:
-        """Sample ``steps`` tokens for every candidate in one batch, reusing the beams' KV cache rows."""
-        cfg, model = self.cfg, self.lm.model
+        penalty: dict[int, float],
+        resample: bool,
+    ) -> list[_Beam]:
+        """Sample ``steps`` tokens for every candidate (candidate i continues ``active[parents[i]]``)."""
+        cfg = self.cfg
         t = time.perf_counter()
-        n = parents.numel()
-        tokens = torch.empty(n, steps, dtype=torch.long)
-        logp = torch.zeros(n)
-        done_at = torch.full((n,), steps, dtype=torch.long)  # index of EOS within the block
-        hidden = torch.zeros(0)
-        prefix_len = len(active[0].tokens)
-        eos = torch.tensor(self.eos, dtype=torch.long)
-        for step in range(steps):
-            self._check_time()
-            masked = logits - penalty
-            if prefix_len + step < cfg.min_new_tokens and eos.numel():
-                masked[:, eos] = -math.inf
-            token = self._choose(masked)
-            logp += torch.log_softmax(logits, -1).gather(1, token[:, None]).squeeze(1) * (done_at == steps)
-            tokens[:, step] = token
-            if eos.numel():
-                hit = torch.isin(token, eos) & (done_at == steps)
-                done_at[hit] = step
-            with torch.inference_mode():
-                out = model(
-                    input_ids=token[:, None].to(self.lm.device),
-                    **{self.lm.cache_kwarg: cache},
-                    use_cache=True,
-                    output_hidden_states=True,  # the critic reads the last layer: no second pass
-                )
-            logits = out.logits[:, -1, :].float().cpu()
-            last_h = out.hidden_states[-1][:, -1, :].float().cpu()
-            hidden = last_h if step == 0 else torch.where((done_at >= step)[:, None], last_h, hidden)
-            if bool((done_at < steps).all()):  # every candidate ended: stop feeding tokens
-                break
-        steps_done = step + 1
-        tokens = tokens[:, :steps_done]
+        try:
+            block: BlockSample = sampler.sample([b.tokens for b in active], parents, steps, penalty, resample)
+        except BackendError as exc:  # the server went away, answered garbage or too late: fail closed
+            raise _FailClosed("backend_error", str(exc)) from exc
+        n = len(parents)
         self.candidates_sampled += n
-        self.sampled_tokens += n * steps_done
+        self.sampled_tokens += n * block.steps
         cands = []
         for i in range(n):
-            parent = active[int(parents[i])]
-            end = int(done_at[i])
-            new = tokens[i, : min(end, steps_done)].tolist()
-            all_tokens = parent.tokens + new
+            parent = active[parents[i]]
+            all_tokens = parent.tokens + block.tokens[i]
             text = self.lm.decode(all_tokens)
-            finish = "stop" if end < steps else None
+            finish = "stop" if block.eos[i] else None
             text, stopped = self._apply_stop(text, len(parent.text))
             if stopped:
                 finish = "stop"
@@ -517,32 +504,18 @@ class _Run:
                 text=text,
                 z=parent.z,
                 cost=parent.cost,
-                logp=parent.logp + float(logp[i]),
+                logp=parent.logp + block.logp[i],
                 value=0.0,
                 score=0.0,
                 finished=finish,
-                hidden=parent.hidden + [hidden[i]],
+                hidden=parent.hidden + [block.hidden[i]] if block.hidden is not None else [],
                 texts=parent.texts + [text],
             )
             beam._parent = parent  # type: ignore[attr-defined]
             beam._row = i  # type: ignore[attr-defined]
             cands.append(beam)
         self.timings.sampling_s += time.perf_counter() - t
-        return cands, logits, steps_done
-
-    def _choose(self, logits: torch.Tensor) -> torch.Tensor:
-        cfg = self.cfg
-        if cfg.temperature == 0 or cfg.method == "greedy":
-            return logits.argmax(-1)
-        # Nucleus sampling inside the top-k: sorting the whole vocabulary per step costs more than the
-        # model's forward pass on a CPU, and the tail beyond _TOP_K holds negligible mass.
-        top_logits, top_ids = logits.topk(min(_TOP_K, logits.shape[-1]), dim=-1)
-        probs = torch.softmax(top_logits / cfg.temperature, -1)
-        if cfg.top_p < 1:
-            drop = probs.cumsum(-1) - probs > cfg.top_p
-            probs = probs.masked_fill(drop, 0.0)
-        pick = torch.multinomial(probs, 1, generator=self.generator)
-        return top_ids.gather(1, pick).squeeze(1)
+        return cands
 
     def _apply_stop(self, text: str, checked: int) -> tuple[str, bool]:
         """Truncate at the earliest stop sequence not already seen in the parent's text."""
@@ -662,7 +635,7 @@ class _Run:
         beam.z = safety.safety_state_after(beam.cost, self.cfg.budget, self.cfg.gamma, self.blocks, self.z0)
         return beam
 
-    def _check_time(self) -> None:
+    def check_time(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise _FailClosed("timeout", "cancelled by the caller")
         if time.perf_counter() > self.deadline:

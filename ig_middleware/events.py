@@ -28,6 +28,7 @@ class SearchStarted:
     initial_safety_state: float
     config: dict = field(repr=False)
     prompt: str = field(default="", repr=False)
+    backend: str = "transformers"  # where candidates are sampled (ig_middleware.sampling)
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,8 @@ def event_to_dict(event: GuardEvent) -> dict:
             "fallback_reason": r.fallback_reason,
             "model": r.model,
             "method": r.method,
+            "backend": r.backend,
+            "critic_used": r.critic_used,
             "seconds": r.timings.total_s,
         }
     out = {f: getattr(event, f) for f in event.__dataclass_fields__}

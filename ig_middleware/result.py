@@ -9,7 +9,13 @@ import torch
 
 FinishReason = Literal["stop", "length", "safety_fallback"]
 FallbackReason = Literal[
-    "no_safe_candidate", "cost_model_error", "cost_model_timeout", "cost_model_invalid", "timeout", "budget_exhausted"
+    "no_safe_candidate",
+    "cost_model_error",
+    "cost_model_timeout",
+    "cost_model_invalid",
+    "timeout",
+    "budget_exhausted",
+    "backend_error",  # the sampling backend (e.g. a vLLM server) failed
 ]
 
 
@@ -49,6 +55,8 @@ class GuardResult:
     model: str = ""
     method: str = "inferenceguard"
     run_id: str = ""
+    backend: str = "transformers"  # where candidates were sampled (ig_middleware.sampling)
+    critic_used: bool = False  # the latent critic pruned candidates (needs hidden states: local backends only)
     timings: Timings = field(default_factory=Timings)
     hidden_states: torch.Tensor | None = field(default=None, repr=False)  # [blocks, hidden]: critic training
     block_texts: list[str] = field(default_factory=list, repr=False)  # the answer's prefix at each block

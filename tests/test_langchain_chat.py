@@ -61,7 +61,7 @@ def test_construction_is_instant_and_shares_engines():
     b = ChatInferenceGuard()
     assert time.perf_counter() - t < 0.5
     assert a.engine is b.engine  # same model, same judges: one engine, one copy of the weights
-    assert a.engine._model is None  # nothing loaded yet
+    assert a.engine._backend is None  # nothing loaded yet
     assert a.config.temperature == 0.2 and a.config.max_new_tokens == 12
     ls = a._get_ls_params(stop=["x"])
     assert ls["ls_provider"] == "inferenceguard" and ls["ls_model_name"] == "smollm2-135m-instruct"

@@ -102,6 +102,7 @@ def safety_attributes(started: Mapping[str, Any]) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     _put(attrs, A.IG_RUN_ID, started.get("run_id"))
     _put(attrs, A.IG_METHOD, started.get("method") or cfg.get("method"))
+    _put(attrs, A.IG_BACKEND, started.get("backend"))
     _put(attrs, A.IG_SAFETY_MODE, cfg.get("safety_mode"))
     _put(attrs, A.IG_BUDGET, _num(started.get("budget", cfg.get("budget"))))
     _put(attrs, A.IG_GAMMA, _num(cfg.get("gamma")))

@@ -66,6 +66,7 @@ PHOENIX_PROJECT = "openinference.project.name"  # resource attribute: the Phoeni
 # -- InferenceGuard attributes (inference span) -----------------------------------------------------------
 IG_RUN_ID = "inferenceguard.run_id"
 IG_METHOD = "inferenceguard.method"
+IG_BACKEND = "inferenceguard.backend"  # where candidates are sampled: transformers | openai-completions
 IG_SAFETY_MODE = "inferenceguard.safety_mode"
 IG_BUDGET = "inferenceguard.budget"  # d
 IG_GAMMA = "inferenceguard.gamma"
