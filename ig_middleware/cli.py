@@ -54,13 +54,35 @@ def _config(args: argparse.Namespace) -> GuardConfig:
     return GuardConfig(**{k: v for k, v in fields.items() if v is not None})
 
 
-def _engine(args: argparse.Namespace) -> GuardedEngine:
-    cost = KeywordCostModel() if args.cost_model == "keyword" else None
-    return GuardedEngine(args.model, cost_model=cost, device=args.device, critic=None if args.no_critic else "auto")
+def _backend(args: argparse.Namespace, model: str) -> object | None:
+    """The remote sampling backend for ``--base-url`` (vLLM), else None (the local model)."""
+    if not args.base_url:
+        return None
+    import os
+
+    from .remote import OpenAICompletionsBackend
+
+    return OpenAICompletionsBackend(
+        args.base_url, model, tokenizer=args.tokenizer, api_key=os.environ.get("IG_BACKEND_API_KEY")
+    )
+
+
+def _engine(args: argparse.Namespace, config: GuardConfig | None = None, model: str | None = None) -> GuardedEngine:
+    model = model or args.model
+    return GuardedEngine(
+        model,
+        cost_model=KeywordCostModel() if args.cost_model == "keyword" else None,
+        device=args.device,
+        critic=None if args.no_critic else "auto",
+        config=config,
+        backend=_backend(args, model),  # type: ignore[arg-type]
+    )
 
 
 def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="embedded default, a local path or a HF model id")
+    p.add_argument("--base-url", help="sample on an OpenAI-compatible completions server (vLLM) at this URL")
+    p.add_argument("--tokenizer", help="tokenizer / chat template of the served --model (default: --model)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--cost-model", choices=["default", "keyword"], default="default")
     p.add_argument("--no-critic", action="store_true", help="do not use the shipped latent critic")
@@ -154,14 +176,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (ValidationError, ValueError) as exc:
         print(f"ig-guard serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    engine = GuardedEngine(
-        settings.model,
-        cost_model=KeywordCostModel() if args.cost_model == "keyword" else None,
-        critic=None if args.no_critic else "auto",
-        config=cfg,
-        device=settings.device,
-    )
-    serve(settings, engine=engine)
+    serve(settings, engine=_engine(args, cfg, settings.model))
+    return 0
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from .errors import IGError
+    from .models import export_model
+
+    try:
+        out = export_model(args.dir, args.model)
+    except IGError as exc:
+        print(f"ig-guard export-model: {exc}", file=sys.stderr)
+        return 2
+    print(out)
     return 0
 
 
@@ -214,6 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     srv.add_argument("--log-level", help="uvicorn log level (default info)")
     _add_search_args(srv)
     srv.set_defaults(func=cmd_serve, model=None, seed=None, max_new_tokens=None)
+    exp = sub.add_parser("export-model", help="write the model as a plain HF checkpoint (e.g. for vLLM) into DIR")
+    exp.add_argument("dir")
+    exp.add_argument("--model", default=DEFAULT_MODEL, help="embedded default, a local path or a HF model id")
+    exp.set_defaults(func=cmd_export_model)
     for name in DELEGATED:
         sub.add_parser(name, help=f"see `ig-guard {name} --help`")
     args = parser.parse_args(argv)

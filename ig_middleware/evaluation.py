@@ -357,6 +357,12 @@ def run_eval(
             reward_model = None
     critic_engine = None
     if "inferenceguard_critic" in methods:
+        backend = getattr(engine, "backend", None)
+        if backend is not None and not backend.hidden_states:
+            raise ValueError(
+                f"inferenceguard_critic needs the LM's hidden states, which the {backend.name} backend does "
+                "not provide: use method inferenceguard"
+            )
         crit = engine.critic or critic
         if crit is None:
             from .critic import load_default_critic
@@ -380,6 +386,7 @@ def run_eval(
     cfg.update({k: v for k, v in config_overrides.items()})
     meta = {
         "model": engine.model_name,
+        "backend": getattr(getattr(engine, "backend", None), "name", "transformers"),
         "cost_model": type(engine.cost_model).__name__,
         "reward_model": type(reward_model).__name__ if reward_model is not None else None,
         "config": cfg,
@@ -548,6 +555,10 @@ def build_parser(ap: argparse.ArgumentParser | None = None) -> argparse.Argument
     ap.add_argument("--out", required=True, help="output folder (results.json, results.md, safety_vs_time.png)")
     ap.add_argument("--n-per-group", type=int, default=None)
     ap.add_argument("--model", default=None, help="LM (default: the embedded SmolLM2-135M-Instruct)")
+    ap.add_argument(
+        "--base-url", help="sample on an OpenAI-compatible completions server (vLLM), e.g. http://host:8000/v1"
+    )
+    ap.add_argument("--tokenizer", help="tokenizer / chat template of the served --model (default: --model)")
     ap.add_argument("--cost-model", choices=["default", "keyword"], default="default")
     ap.add_argument("--cost-model-dir", default=None, help="load the embedding cost model from this folder")
     ap.add_argument("--critic", default=None, help="critic folder/file (default: the shipped one)")
@@ -592,7 +603,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .critic import LatentCritic
 
         critic = LatentCritic.load(a.critic)
-    engine = GuardedEngine(a.model or DEFAULT_MODEL, cost_model=cost_model)
+    backend = None
+    if a.base_url:
+        from .remote import OpenAICompletionsBackend
+
+        backend = OpenAICompletionsBackend(a.base_url, a.model or DEFAULT_MODEL, tokenizer=a.tokenizer)
+    engine = GuardedEngine(a.model or DEFAULT_MODEL, cost_model=cost_model, backend=backend)
     overrides: dict[str, Any] = {"max_new_tokens": a.max_new_tokens}
     for key in ("num_candidates", "num_beams", "block_size", "budget"):
         if getattr(a, key) is not None:

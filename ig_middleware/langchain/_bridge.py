@@ -13,7 +13,7 @@ from uuid import UUID
 
 from langchain_core.callbacks import AsyncCallbackManager, BaseCallbackHandler, BaseCallbackManager, CallbackManager
 from langchain_core.runnables import ensure_config
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from ..config import GuardConfig
 from ..engine import GuardedEngine
@@ -37,13 +37,22 @@ def shared_engine(
     critic: Any = "auto",
     telemetry: bool = True,
     tracer_provider: Any = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    tokenizer: str | None = None,
 ) -> GuardedEngine:
-    """One engine per (model, device, judges, telemetry): instances over the same weights share it (and the
-    loader shares the weights themselves between engines). Nothing is loaded here."""
-    key = (model, device, id(cost_model), id(reward_model), id(critic), telemetry, id(tracer_provider))
+    """One engine per (model, device or server, judges, telemetry): instances over the same weights share it
+    (and the loader shares the weights themselves between engines). Nothing is loaded here."""
+    key = (model, device, id(cost_model), id(reward_model), id(critic), telemetry, id(tracer_provider), base_url,
+           api_key, tokenizer)  # fmt: skip
     with _ENGINES_LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
+            backend = None
+            if base_url is not None:
+                from ..remote import OpenAICompletionsBackend
+
+                backend = OpenAICompletionsBackend(base_url, model, tokenizer=tokenizer, api_key=api_key)
             engine = GuardedEngine(
                 model,
                 cost_model=cost_model,
@@ -52,6 +61,7 @@ def shared_engine(
                 device=device,
                 telemetry=telemetry,
                 tracer_provider=tracer_provider,
+                backend=backend,
             )
             # keep the keyed objects alive as long as the cache entry: their id() is part of the key
             engine._ig_key_refs = (cost_model, reward_model, critic, tracer_provider)  # type: ignore[attr-defined]
@@ -287,6 +297,14 @@ class GuardedModelFields(BaseModel):
     configures an SDK). ``False`` turns them off; with an explicit ``engine`` its own setting applies."""
     tracer_provider: Any = Field(default=None, exclude=True)
     """An OpenTelemetry ``TracerProvider`` for this model's spans instead of the global one."""
+    base_url: str | None = Field(default=None, alias="openai_api_base")
+    """An OpenAI-compatible completions server (vLLM) that samples the candidates, e.g.
+    ``http://host:8000/v1``; ``model`` is then its served model name. The search, the judges and the
+    guarantee stay here; the latent critic is off (no hidden states over the API)."""
+    api_key: SecretStr | None = Field(default=None, exclude=True)
+    """Bearer key for ``base_url``."""
+    tokenizer: str | None = None
+    """Where the tokenizer and chat template of a served ``model`` are read (default: ``model``)."""
     engine_override: Any = Field(default=None, exclude=True, alias="engine")
     """An explicit :class:`GuardedEngine` (or a stand-in with the same methods) to use instead of the shared one."""
 
@@ -306,6 +324,9 @@ class GuardedModelFields(BaseModel):
             critic=self.critic,
             telemetry=self.telemetry,
             tracer_provider=self.tracer_provider,
+            base_url=self.base_url,
+            api_key=self.api_key.get_secret_value() if self.api_key is not None else None,
+            tokenizer=self.tokenizer,
         )
 
     @property
