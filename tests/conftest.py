@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ig_middleware import GuardConfig, KeywordCostModel
@@ -76,3 +78,13 @@ def tiny_model_dir(tiny_lm, tmp_path_factory):
     tiny_lm.model.save_pretrained(path)
     tiny_lm.tokenizer.save_pretrained(path)
     return str(path)
+
+
+def pytest_collection_modifyitems(config, items):
+    """vLLM tests need the extra venv and a server start (about a minute): only with IG_VLLM_TESTS=1."""
+    if os.environ.get("IG_VLLM_TESTS") == "1":
+        return
+    skip = pytest.mark.skip(reason="vLLM integration: set IG_VLLM_TESTS=1 (integrations/vllm/vllm.sh install, export)")
+    for item in items:
+        if "vllm" in item.keywords:
+            item.add_marker(skip)

