@@ -135,6 +135,17 @@ def test_fallback_is_content_filter_with_the_verdict(tiny_server):
     assert "inferenceguard_server_safety_state_bucket" in metrics
 
 
+def test_response_format(tiny_server):
+    c = client(tiny_server)
+    r = c.chat.completions.create(model="tiny-llama", messages=user("Give me a JSON object."),
+                                  response_format={"type": "json_object"})  # fmt: skip
+    assert r.choices[0].message.content.startswith("{")  # JSON mode prefills the object
+    with pytest.raises(openai.BadRequestError) as err:
+        c.chat.completions.create(model="tiny-llama", messages=user("hi"),
+                                  response_format={"type": "json_schema", "json_schema": {"name": "x"}})  # fmt: skip
+    assert err.value.body["param"] == "response_format.json_schema"
+
+
 def test_guard_settings_per_request(tiny_server):
     c = client(tiny_server)
     r = c.chat.completions.create(
