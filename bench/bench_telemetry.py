@@ -20,11 +20,11 @@ the median search time: that is the overhead itself, free of model noise.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import torch
+from _common import report
 
 
 def tiny_model():
@@ -112,10 +112,7 @@ def main() -> None:
         "observer_us_per_search": {k: v * 1e6 for k, v in per_search.items()},
         "observer_fraction_of_search": {k: v / median["none"] for k, v in per_search.items()},
     }
-    print(json.dumps(out, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+    report(out, args.json)
 
 
 if __name__ == "__main__":

@@ -233,6 +233,11 @@ def test_chat_model_over_vllm_in_a_chain_and_an_agent(vllm_url):
     assert out["messages"][-1].type == "ai"
     assert asyncio.run(model.ainvoke("Name a colour.")).content
 
+    from ig_middleware.langchain import InferenceGuardLLM
+
+    text_llm = InferenceGuardLLM(base_url=vllm_url, model=MODEL, guard_config=GuardConfig(**SMALL))
+    assert text_llm.invoke("The capital of France is").strip()
+
 
 def test_chat_endpoint_judge_on_the_real_server(vllm_url):
     judge = ChatEndpointJudge(vllm_url, MODEL, template=LLAMA_GUARD_FALLBACK + "Answer with one word, safe or unsafe.")
