@@ -187,6 +187,8 @@ class ChatInferenceGuard(GuardedModelFields, BaseChatModel):
             "blocks": result.blocks,
             "judge_calls": result.judge_calls,
             "method": result.method,
+            "backend": result.backend,
+            "critic_used": result.critic_used,
             "search_run_id": result.run_id,
             "search_seconds": result.timings.total_s,
         }

@@ -300,6 +300,8 @@ def extension(meta: dict[str, Any]) -> dict[str, Any]:
         "judge_calls": meta.get("judge_calls"),
         "blocks": meta.get("blocks"),
         "method": meta.get("method"),
+        "backend": meta.get("backend"),
+        "critic_used": meta.get("critic_used"),
         "run_id": meta.get("search_run_id", meta.get("run_id")),
         "seconds": meta.get("search_seconds", meta.get("seconds")),
     }
