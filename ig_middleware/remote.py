@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 
-from .hf_judges import BEAVER_TEMPLATE
+from .hf_judges import make_formatter
 from .models import DEFAULT_MODEL, LoadedModel, load_tokenizer_only
 from .sampling import BackendError, BlockSample, SearchContext
 
@@ -292,7 +292,7 @@ class ChatEndpointJudge:
         self.model, self.scale, self.scan_tokens, self.top_logprobs = model, float(scale), scan_tokens, top_logprobs
         self.unsafe, self.safe = unsafe_token.strip().lower(), safe_token.strip().lower()
         self.system_prompt = system_prompt
-        self.format = _formatter(template) if template is not None else None
+        self.format = make_formatter(template, None) if template is not None else None
         self.endpoint = Endpoint(
             base_url, api_key=api_key, timeout_s=timeout_s, max_retries=max_retries, name="chat-judge",
             transport=transport,
@@ -336,7 +336,8 @@ class ChatEndpointJudge:
 
 class ClassifierEndpointJudge:
     """A sequence classifier behind vLLM's ``/classify`` (``vllm serve <classifier>``):
-    ``cost = scale * probs[label] + offset`` for ``template.format(prompt=..., response=...)``."""
+    ``cost = scale * probs[label] + offset`` of the pair formatted by ``template`` (as in
+    :func:`~ig_middleware.hf_judges.make_formatter`: ``"beaver"``, ``"plain"``, a format string or a callable)."""
 
     def __init__(
         self,
@@ -346,14 +347,14 @@ class ClassifierEndpointJudge:
         label: int = -1,
         scale: float = 20.0,
         offset: float = 0.0,
-        template: str | Callable[[str, str], str] = BEAVER_TEMPLATE,
+        template: str | Callable[[str, str], str] = "beaver",
         api_key: str | None = None,
         timeout_s: float = 30.0,
         max_retries: int = 2,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.model, self.label, self.scale, self.offset = model, int(label), float(scale), float(offset)
-        self.format = _formatter(template)
+        self.format = make_formatter(template, None)
         # vLLM serves /classify beside /v1: strip the OpenAI prefix if it was given
         root = base_url.rstrip("/").removesuffix("/v1")
         self.endpoint = Endpoint(root, api_key=api_key, timeout_s=timeout_s, max_retries=max_retries,
@@ -368,12 +369,6 @@ class ClassifierEndpointJudge:
         if len(rows) != len(texts):
             raise BackendError("classifier-judge", f"{len(rows)} results for {len(texts)} inputs")
         return [self.scale * float(row["probs"][self.label]) + self.offset for row in rows]
-
-
-def _formatter(template: str | Callable[[str, str], str]) -> Callable[[str, str], str]:
-    if callable(template):
-        return template
-    return lambda prompt, response: template.format(prompt=prompt, response=response)
 
 
 __all__ = [

@@ -23,7 +23,6 @@ import torch
 from .config import GuardConfig
 from .errors import IGError
 from .models import LoadedModel
-from .result import Timings
 
 TOP_K = 256  # candidates per step considered by nucleus sampling
 
@@ -54,8 +53,6 @@ class SearchContext(Protocol):
     cfg: GuardConfig
     generator: torch.Generator | None
     eos: list[int]
-    timings: Timings
-    run_id: str
 
     def check_time(self) -> None: ...
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from ig_middleware.events import BlockCommitted, BlockEvaluated, FallbackUsed, Resampled, SearchFinished, SearchStarted
 from ig_middleware.result import GuardResult, Timings
@@ -43,12 +43,6 @@ def _phoenix_bin() -> str | None:
         if cand and Path(cand).is_file() and os.access(cand, os.X_OK):
             return cand
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 5.0):
@@ -79,7 +73,7 @@ def phoenix_url():
         if os.environ.get("IG_REQUIRE_PHOENIX") == "1":
             pytest.fail(f"IG_REQUIRE_PHOENIX=1 but Arize Phoenix is not installed (install: {INSTALL})")
         pytest.skip(f"Arize Phoenix is not installed (install: {INSTALL})")
-    port, grpc_port = _free_port(), _free_port()
+    port, grpc_port = free_port(), free_port()
     workdir = tempfile.mkdtemp(prefix="ig-phoenix-")
     env = {
         **os.environ,

@@ -11,7 +11,6 @@ import gc
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from conftest import TINY_CONFIG, PromptCost
+from conftest import TINY_CONFIG, PromptCost, free_port
 
 from ig_middleware import GuardConfig, GuardedEngine
 from ig_middleware.events import BlockEvaluated
@@ -35,12 +34,6 @@ KEY = "test-key-0123456789"
 SMALL = dict(num_candidates=2, num_beams=1, block_size=4, max_new_tokens=8, seed=0, max_retries=1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running(engine: GuardedEngine, **settings) -> Iterator[str]:
     """The app on a free loopback port in a uvicorn thread; yields the base URL (``.../v1``)."""
@@ -49,7 +42,7 @@ def running(engine: GuardedEngine, **settings) -> Iterator[str]:
     settings.setdefault("model", "tiny-llama")
     provider = settings.pop("tracer_provider", None)
     app = create_app(ServerSettings(**settings), engine=engine, tracer_provider=provider)
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -264,7 +257,7 @@ def test_judge_that_raises_or_hangs_fails_closed(tiny_lm):
     with running(engine, request_timeout_s=0.5) as base:  # the server's deadline per search
         r = client(base, None).chat.completions.create(model="tiny-llama", messages=user("hi"))
         ext = r.model_extra["inferenceguard"]
-        assert r.choices[0].finish_reason == "content_filter" and ext["seconds"] < 2.0
+        assert r.choices[0].finish_reason == "content_filter" and ext["seconds"] < 5.0
         assert ext["fallback_reason"] in ("timeout", "cost_model_timeout")  # the judge's wait is within the deadline
 
 
@@ -308,7 +301,7 @@ def test_traceparent_continues_into_the_guard(tiny_lm):
 
 
 def test_ig_guard_serve_process_and_graceful_shutdown(tiny_model_dir):
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "IG_SERVE_API_KEYS": KEY, "OTEL_SDK_DISABLED": "true"}
     cmd = [sys.executable, "-m", "ig_middleware.cli", "serve", "--model", tiny_model_dir, "--port", str(port),
            "--cost-model", "keyword", "--no-critic", "-N", "2", "-K", "1", "-B", "1", "--max-new-tokens", "600",

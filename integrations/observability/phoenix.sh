@@ -8,6 +8,8 @@
 #
 # Offline: usage telemetry is off, data lives in a temporary working directory.
 set -euo pipefail
+# shellcheck source=../service.sh
+. "$(dirname "$0")/../service.sh"
 
 PHOENIX_VERSION="${PHOENIX_VERSION:-20.26.1}"
 IG_VENVS="${IG_VENVS:-$HOME/.cache/ig_middleware/venvs}"
@@ -33,34 +35,16 @@ case "${1:-}" in
   start)
     [ -x "$VENV/bin/phoenix" ] || { echo "phoenix not installed: $0 install" >&2; exit 1; }
     if ready; then echo "phoenix already answers on $URL" >&2; exit 1; fi
-    mkdir -p "$STATE"
     work="$(mktemp -d -t ig-phoenix-data-XXXXXX)"
-    echo "$work" >"$STATE/workdir"
+    mkdir -p "$STATE" && echo "$work" >"$STATE/workdir"
     PHOENIX_HOST=127.0.0.1 PHOENIX_PORT="$PORT" PHOENIX_GRPC_PORT="$GRPC_PORT" PHOENIX_WORKING_DIR="$work" \
       PHOENIX_TELEMETRY_ENABLED=false DO_NOT_TRACK=1 \
-      nohup "$VENV/bin/phoenix" serve >"$STATE/phoenix.log" 2>&1 &
-    echo $! >"$STATE/pid"
-    for _ in $(seq 1 "${PHOENIX_STARTUP_TIMEOUT:-180}"); do
-      if ready; then echo "phoenix up on $URL (pid $(cat "$STATE/pid"))"; exit 0; fi
-      if ! kill -0 "$(cat "$STATE/pid")" 2>/dev/null; then
-        echo "phoenix exited; log:" >&2; tail -n 40 "$STATE/phoenix.log" >&2; exit 1
-      fi
-      sleep 1
-    done
-    echo "phoenix did not answer within ${PHOENIX_STARTUP_TIMEOUT:-180}s; log:" >&2
-    tail -n 40 "$STATE/phoenix.log" >&2
-    exit 1
+      service_spawn "$STATE" "$STATE/phoenix.log" "$VENV/bin/phoenix" serve
+    service_wait "phoenix on $URL" "$STATE" "$STATE/phoenix.log" "${PHOENIX_STARTUP_TIMEOUT:-180}"
     ;;
   stop)
-    if [ -f "$STATE/pid" ]; then
-      pid="$(cat "$STATE/pid")"
-      kill "$pid" 2>/dev/null || true
-      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-      kill -9 "$pid" 2>/dev/null || true
-      [ -f "$STATE/workdir" ] && rm -rf "$(cat "$STATE/workdir")"
-      rm -rf "$STATE"
-      echo "phoenix stopped"
-    fi
+    service_stop phoenix "$STATE"
+    if [ -f "$STATE/workdir" ]; then rm -rf "$(cat "$STATE/workdir")" "$STATE/workdir"; fi
     ;;
   url)
     echo "$URL"

@@ -14,6 +14,8 @@
 # block sends seeded requests) trigger within minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# shellcheck source=../service.sh
+. integrations/service.sh
 
 VLLM_VERSION="${VLLM_VERSION:-0.32.0}"
 IG_VENVS="${IG_VENVS:-$HOME/.cache/ig_middleware/venvs}"
@@ -44,34 +46,16 @@ case "${1:-}" in
     [ -x "$VENV/bin/python" ] || { echo "vllm not installed: $0 install" >&2; exit 1; }
     [ -f "$MODEL_DIR/config.json" ] || { echo "no model at $MODEL_DIR: $0 export" >&2; exit 1; }
     if ready; then echo "something already answers on $URL" >&2; exit 1; fi
-    mkdir -p "$STATE"
     VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 \
-      setsid nohup "$VENV/bin/python" -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" \
-        --served-model-name "$SERVED_NAME" --host 127.0.0.1 --port "$PORT" --dtype float32 --enforce-eager \
-        --enable-prefix-caching --max-model-len "${VLLM_MAX_MODEL_LEN:-2048}" --max-logprobs 20 \
+      service_spawn "$STATE" "$STATE/vllm.log" "$VENV/bin/python" -m vllm.entrypoints.openai.api_server \
+        --model "$MODEL_DIR" --served-model-name "$SERVED_NAME" --host 127.0.0.1 --port "$PORT" --dtype float32 \
+        --enforce-eager --enable-prefix-caching --max-model-len "${VLLM_MAX_MODEL_LEN:-2048}" --max-logprobs 20 \
         --no-enable-chunked-prefill --max-num-batched-tokens "${VLLM_MAX_NUM_BATCHED_TOKENS:-8192}" \
-        ${VLLM_EXTRA_ARGS:-} >"$STATE/vllm.log" 2>&1 &
-    echo $! >"$STATE/pid"
-    for _ in $(seq 1 "${VLLM_STARTUP_TIMEOUT:-300}"); do
-      if ready; then echo "vllm up on $URL (pid $(cat "$STATE/pid"))"; exit 0; fi
-      if ! kill -0 "$(cat "$STATE/pid")" 2>/dev/null; then
-        echo "vllm exited; log:" >&2; tail -n 60 "$STATE/vllm.log" >&2; exit 1
-      fi
-      sleep 1
-    done
-    echo "vllm did not answer within ${VLLM_STARTUP_TIMEOUT:-300}s; log:" >&2
-    tail -n 60 "$STATE/vllm.log" >&2
-    exit 1
+        ${VLLM_EXTRA_ARGS:-}
+    service_wait "vllm on $URL" "$STATE" "$STATE/vllm.log" "${VLLM_STARTUP_TIMEOUT:-300}"
     ;;
   stop)
-    if [ -f "$STATE/pid" ]; then
-      pid="$(cat "$STATE/pid")"  # a session leader (setsid): its group holds vLLM's engine and worker processes
-      kill -TERM -- "-$pid" 2>/dev/null || true
-      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-      kill -KILL -- "-$pid" 2>/dev/null || true
-      rm -f "$STATE/pid"
-      echo "vllm stopped (log: $STATE/vllm.log)"
-    fi
+    service_stop vllm "$STATE"
     ;;
   url)
     echo "$URL/v1"
